@@ -1,0 +1,1 @@
+"""Digit classification on MNIST with PyTorch Lightning."""

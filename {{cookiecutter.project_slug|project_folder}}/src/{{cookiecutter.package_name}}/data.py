@@ -1,0 +1,185 @@
+"""MNIST as a LightningDataModule: download, split and loaders, decoded once into tensors."""
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision.datasets import MNIST
+from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2.functional import resize
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# Pixel statistics of the MNIST training set, on the 0-255 scale of the stored bytes.
+MEAN, STD = 0.1307 * 255, 0.3081 * 255
+
+
+class DatasetError(RuntimeError):
+    """Data that is missing or unusable; the message says what to do."""
+
+
+class NamedImages(Dataset):
+    """Images paired with the name their prediction is reported under."""
+
+    def __init__(self, images: Tensor, names: list[str]) -> None:
+        self.images = images
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, str]:
+        return self.images[index], self.names[index]
+
+
+def raw_folder(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "MNIST" / "raw"
+
+
+def load_split(data_dir: str | Path, train: bool) -> tuple[Tensor, Tensor]:
+    """Return uint8 images (N, 1, 28, 28) and int64 labels of one official split."""
+    folder = raw_folder(data_dir)
+    missing = [name for name in MNIST_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DatasetError(
+            f"MNIST is missing from {folder}: put the files {', '.join(missing)} there "
+            "(uncompressed, as torchvision writes them)"
+        )
+    try:
+        dataset = MNIST(data_dir, train=train)
+    except Exception as error:  # torchvision's parser fails in several ways on a bad file
+        raise DatasetError(corrupt_file_message(folder)) from error
+    if len(dataset.data) != len(dataset.targets):
+        raise DatasetError(f"the MNIST image and label files in {folder} differ in length")
+    return dataset.data.unsqueeze(1), dataset.targets
+
+
+def corrupt_file_message(folder: Path) -> str:
+    for name in MNIST_FILES:
+        try:
+            read_sn3_pascalvincent_tensor(str(folder / name))
+        except Exception:
+            return f"MNIST file {folder / name} is truncated or corrupt: replace it"
+    return f"the MNIST files in {folder} cannot be read: replace all four"
+
+
+def load_image(path: Path) -> Tensor:
+    """Read an image as MNIST sees it: 8-bit grayscale, resized to 28x28."""
+    try:
+        image = decode_image(read_file(str(path)), mode=ImageReadMode.GRAY)
+    except RuntimeError as error:
+        raise DatasetError(f"cannot read image {path}: {error}") from error
+    if image.shape[-2:] != (28, 28):
+        image = resize(image, [28, 28], antialias=True)
+    return image
+
+
+def image_paths(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DatasetError(f"input {path} does not exist")
+    paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DatasetError(f"folder {path} holds no PNG or JPG images")
+    return paths
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """MNIST train/val split of the official training set, the official 10k test set.
+
+    Batches hold uint8 images; they are normalized after reaching the device, which keeps
+    host-to-device copies four times smaller.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        val_size: int = 5000,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        split_seed: int = 42,
+        predict_path: str | None = None,
+    ) -> None:
+        """
+        Args:
+            data_dir: Folder holding ``MNIST/raw``; MNIST is downloaded there if missing.
+            val_size: Images of the official training set held out for validation.
+            batch_size: Images per batch on each device.
+            num_workers: DataLoader worker processes; the data already sits decoded in memory.
+            split_seed: Seed of the train/validation split, independent of the global seed.
+            predict_path: Image file or folder to predict on; the test split if not given.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.datasets: dict[str, Dataset] = {}
+
+    def prepare_data(self) -> None:
+        folder = raw_folder(self.hparams.data_dir)
+        # Predicting on image files needs no MNIST.
+        if self.hparams.predict_path or all((folder / name).is_file() for name in MNIST_FILES):
+            return
+        try:
+            for train in (True, False):
+                MNIST(self.hparams.data_dir, train=train, download=True)
+        except (OSError, RuntimeError) as error:
+            reason = str(error).splitlines()[0].rstrip(":")
+            raise DatasetError(
+                f"MNIST is missing from {folder} and could not be downloaded ({reason}); "
+                f"put the files {', '.join(MNIST_FILES)} there (or their .gz archives)"
+            ) from error
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate") and "train" not in self.datasets:
+            images, labels = load_split(self.hparams.data_dir, train=True)
+            generator = torch.Generator().manual_seed(self.hparams.split_seed)
+            order = torch.randperm(len(labels), generator=generator)
+            val, train = order[: self.hparams.val_size], order[self.hparams.val_size :]
+            self.datasets["train"] = TensorDataset(images[train], labels[train])
+            self.datasets["val"] = TensorDataset(images[val], labels[val])
+        if stage == "test" and "test" not in self.datasets:
+            self.datasets["test"] = TensorDataset(*load_split(self.hparams.data_dir, train=False))
+        if stage == "predict":
+            self.datasets["predict"] = self._predict_set()
+
+    def _predict_set(self) -> NamedImages:
+        if self.hparams.predict_path is None:
+            images, _ = load_split(self.hparams.data_dir, train=False)
+            return NamedImages(images, [f"mnist-test/{i}" for i in range(len(images))])
+        paths = image_paths(Path(self.hparams.predict_path))
+        return NamedImages(torch.stack([load_image(p) for p in paths]), [str(p) for p in paths])
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        images, targets = batch
+        return (images.float() - MEAN) / STD, targets

@@ -1,0 +1,94 @@
+"""Train entry point: fit, then test the best checkpoint. ``--help`` lists every flag."""
+
+import json
+import sys
+from pathlib import Path
+
+from jsonargparse import ArgumentParser
+from pytorch_lightning.callbacks import EarlyStopping, {% if cookiecutter.logger != "none" %}LearningRateMonitor, {% endif %}ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+
+from .data import DatasetError, MNISTDataModule
+from .hardware import trainer_defaults
+from .model import MNISTClassifier
+
+
+class TrainCLI(LightningCLI):
+    """LightningCLI with a resume flag and configurable checkpointing and early stopping."""
+
+    def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="Checkpoint to resume fitting from."
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch{epoch:02d}-val_acc{val/acc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults(
+            {
+                "early_stopping.monitor": "val/acc",
+                "early_stopping.mode": "max",
+                "early_stopping.patience": 3,
+            }
+        )
+
+
+def train(args: list[str] | None = None) -> TrainCLI:
+    """Parse ``args`` (default: the command line), fit, test the best checkpoint."""
+    cli = TrainCLI(
+        MNISTClassifier,
+        MNISTDataModule,
+        args=args,
+        run=False,
+        auto_configure_optimizers=False,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            **trainer_defaults(),
+            "max_epochs": 10,
+            "default_root_dir": "logs",
+{%- if cookiecutter.logger == "tensorboard" %}
+            "logger": {
+                "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "logs", "name": "mnist"},
+            },
+{%- elif cookiecutter.logger == "csv" %}
+            "logger": {
+                "class_path": "pytorch_lightning.loggers.CSVLogger",
+                "init_args": {"save_dir": "logs", "name": "mnist"},
+            },
+{%- else %}
+            "logger": False,
+{%- endif %}
+{%- if cookiecutter.logger != "none" %}
+            "callbacks": [LearningRateMonitor(logging_interval="epoch")],
+{%- endif %}
+        },
+    )
+    trainer = cli.trainer
+    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    # Empty when no checkpoint was written (e.g. --trainer.fast_dev_run): test the last weights.
+    best = trainer.checkpoint_callback.best_model_path or None
+    results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
+    if trainer.is_global_zero:
+        summary = {"best_checkpoint": best, **results[0]}
+        Path(trainer.log_dir, "test_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return cli
+
+
+def main() -> None:
+    try:
+        train()
+    except DatasetError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
