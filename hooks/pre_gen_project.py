@@ -8,7 +8,8 @@ PROJECT_SLUG = {{ cookiecutter.project_slug | quoted }}
 PACKAGE_NAME = {{ cookiecutter.package_name | quoted }}
 AUTHOR_EMAIL = {{ cookiecutter.author_email | quoted }}
 
-# Import names the generated project or its dependencies already use.
+# Import names the generated project or its dependencies already use, and CPython's own
+# test package, which sys.stdlib_module_names leaves out.
 TAKEN_NAMES = {
     "jsonargparse",
     "lightning",
@@ -17,6 +18,7 @@ TAKEN_NAMES = {
     "numpy",
     "pytorch_lightning",
     "tensorboard",
+    "test",
     "tests",
     "torch",
     "torchmetrics",

@@ -53,7 +53,7 @@ class MNISTClassifier(pl.LightningModule):
 {%- endif %}
         metrics = MetricCollection(
             {
-                "acc": MulticlassAccuracy(num_classes=NUM_CLASSES),
+                "acc": MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro"),
                 "f1": MulticlassF1Score(num_classes=NUM_CLASSES, average="macro"),
             }
         )

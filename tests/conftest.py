@@ -1,0 +1,61 @@
+"""Shared helpers: bake the template once per option set, run commands in a baked project."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1]
+
+Bake = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def bake(cookies_session) -> Bake:
+    """Bake with the given answers (the rest default) and return the project folder.
+
+    Bakes are cached per set of answers, so tests that share one only pay for it once.
+    """
+    baked: dict[tuple, Path] = {}
+
+    def bake_with(**answers: str) -> Path:
+        key = tuple(sorted(answers.items()))
+        if key not in baked:
+            result = cookies_session.bake(extra_context=answers, template=str(TEMPLATE_DIR))
+            assert result.exit_code == 0, f"bake with {answers} failed: {result.exception!r}"
+            baked[key] = result.project_path
+        return baked[key]
+
+    return bake_with
+
+
+def run_in(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command in a baked project with its ``src`` importable; fail with its output."""
+    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    completed = subprocess.run(
+        [sys.executable, *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, (
+        f"{' '.join(args)} exited {completed.returncode}\n"
+        f"--- stdout\n{completed.stdout[-3000:]}\n--- stderr\n{completed.stderr[-3000:]}"
+    )
+    return completed
+
+
+def synthetic_mnist(project: Path, data_dir: Path) -> Path:
+    """Write synthetic MNIST IDX files with the baked project's own test helper."""
+    spec = importlib.util.spec_from_file_location(
+        "baked_synthetic_mnist", project / "tests" / "synthetic_mnist.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_synthetic_mnist(data_dir)

@@ -1,0 +1,134 @@
+"""Every option value bakes into exactly its files, fully rendered and lint-clean."""
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TEMPLATE_DIR, Bake
+
+CHOICES = {
+    key: value
+    for key, value in json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text()).items()
+    if isinstance(value, list)
+}
+
+# Each choice value once, the other answers at their defaults.
+OPTION_SETS = [{}] + [{key: value} for key, values in CHOICES.items() for value in values[1:]]
+
+COMMON_FILES = {
+    ".gitignore",
+    ".pre-commit-config.yaml",
+    "README.md",
+    "configs/default.yaml",
+    "pyproject.toml",
+    "src/mnist_lab/__init__.py",
+    "src/mnist_lab/callbacks.py",
+    "src/mnist_lab/data.py",
+    "src/mnist_lab/hardware.py",
+    "src/mnist_lab/model.py",
+    "src/mnist_lab/nets.py",
+    "src/mnist_lab/predict.py",
+    "src/mnist_lab/train.py",
+    "tests/conftest.py",
+    "tests/synthetic_mnist.py",
+    "tests/test_config.py",
+    "tests/test_data.py",
+    "tests/test_nets.py",
+    "tests/test_train_predict.py",
+}
+
+LEFTOVERS = ("{{", "{%", "cookiecutter.")
+
+
+def answers_of(options: dict[str, str]) -> dict[str, str]:
+    return {key: options.get(key, values[0]) for key, values in CHOICES.items()}
+
+
+def expected_files(options: dict[str, str]) -> set[str]:
+    answers = answers_of(options)
+    files = set(COMMON_FILES)
+    if answers["license"] != "none":
+        files.add("LICENSE")
+    if answers["ci"] == "github":
+        files.add(".github/workflows/ci.yml")
+    return files
+
+
+def baked_files(project: Path) -> set[str]:
+    return {str(path.relative_to(project)) for path in project.rglob("*") if path.is_file()}
+
+
+def option_id(options: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in options.items()) or "defaults"
+
+
+@pytest.fixture(params=OPTION_SETS, ids=option_id)
+def baked(request: pytest.FixtureRequest, bake: Bake) -> tuple[dict[str, str], Path]:
+    return request.param, bake(**request.param)
+
+
+def test_bakes_exactly_the_files_of_its_options(baked: tuple[dict[str, str], Path]) -> None:
+    options, project = baked
+    assert baked_files(project) == expected_files(options)
+
+
+def test_no_template_syntax_is_left(baked: tuple[dict[str, str], Path]) -> None:
+    _, project = baked
+    for name in baked_files(project):
+        text = (project / name).read_text(encoding="utf-8")
+        left = [marker for marker in LEFTOVERS if marker in text]
+        assert not left, f"{name} still holds {left}"
+
+
+def test_ruff_check_and_format_are_clean(baked: tuple[dict[str, str], Path]) -> None:
+    _, project = baked
+    for command in (["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]):
+        completed = subprocess.run(
+            [sys.executable, "-m", "ruff", *command], cwd=project, capture_output=True, text=True
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_config_files_parse_and_follow_the_answers(baked: tuple[dict[str, str], Path]) -> None:
+    options, project = baked
+    answers = answers_of(options)
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["requires-python"] == f">={answers['python_version']}"
+    dependencies = " ".join(pyproject["project"]["dependencies"])
+    assert ("tensorboard" in dependencies) == (answers["logger"] == "tensorboard")
+    assert pyproject["project"].get("license", "none") == answers["license"]
+    for name in (".pre-commit-config.yaml", "configs/default.yaml"):
+        assert isinstance(yaml.safe_load((project / name).read_text()), dict)
+    if answers["ci"] == "github":
+        workflow = yaml.safe_load((project / ".github/workflows/ci.yml").read_text())
+        steps = workflow["jobs"]["test"]["steps"]
+        assert steps[1]["with"]["python-version"] == answers["python_version"]
+        assert any(step.get("run") == "pytest" for step in steps)
+
+
+def test_network_code_follows_the_model_option(baked: tuple[dict[str, str], Path]) -> None:
+    options, project = baked
+    nets = (project / "src/mnist_lab/nets.py").read_text()
+    config = yaml.safe_load((project / "configs/default.yaml").read_text())
+    if answers_of(options)["model"] == "cnn":
+        assert "class ConvNet" in nets and "class MLP" not in nets
+        assert set(config["model"]) == {"channels", "dropout", "lr", "weight_decay"}
+    else:
+        assert "class MLP" in nets and "class ConvNet" not in nets
+        assert set(config["model"]) == {"hidden_dim", "lr", "weight_decay"}
+
+
+def test_license_file_matches_the_choice(bake: Bake) -> None:
+    first_lines = {
+        "MIT": "MIT License",
+        "BSD-3-Clause": "BSD 3-Clause License",
+        "Apache-2.0": "Copyright",
+    }
+    for license_id, first_line in first_lines.items():
+        text = (bake(license=license_id) / "LICENSE").read_text()
+        assert text.startswith(first_line) and "Your Name" in text
+    assert "Apache License" in (bake(license="Apache-2.0") / "LICENSE").read_text()
