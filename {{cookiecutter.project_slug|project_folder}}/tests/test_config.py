@@ -17,7 +17,7 @@ def printed_config(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
 def test_default_yaml_states_the_code_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     from_code = printed_config(capsys, [])
     from_file = printed_config(capsys, ["--config", str(DEFAULT_CONFIG)])
-    assert "max_epochs: 10" in from_code
+    assert "max_epochs: 5" in from_code
     assert from_file == from_code
 
 

@@ -14,18 +14,18 @@ def test_fit_split_is_seeded_disjoint_and_uint8(mnist_dir: Path) -> None:
     datamodule.setup("fit")
     train, val = datamodule.datasets["train"], datamodule.datasets["val"]
     assert (len(train), len(val)) == (512, 128)
-    assert train.tensors[0].dtype == torch.uint8
-    assert train.tensors[0].shape[1:] == (1, 28, 28)
+    assert train.images.dtype == torch.uint8
+    assert train.images.shape[1:] == (1, 28, 28)
 
     again = MNISTDataModule(data_dir=str(mnist_dir), val_size=128)
     again.setup("fit")
-    assert torch.equal(again.datasets["val"].tensors[0], val.tensors[0])
+    assert torch.equal(again.datasets["val"].images, val.images)
     other_seed = MNISTDataModule(data_dir=str(mnist_dir), val_size=128, split_seed=1)
     other_seed.setup("fit")
-    assert not torch.equal(other_seed.datasets["val"].tensors[0], val.tensors[0])
+    assert not torch.equal(other_seed.datasets["val"].images, val.images)
 
-    val_rows = {row.numpy().tobytes() for row in val.tensors[0]}
-    assert not any(row.numpy().tobytes() in val_rows for row in train.tensors[0])
+    val_rows = {row.numpy().tobytes() for row in val.images}
+    assert not any(row.numpy().tobytes() in val_rows for row in train.images)
 
 
 def test_test_split_is_the_official_test_file(mnist_dir: Path) -> None:
@@ -72,7 +72,7 @@ def test_predict_images_are_grayscale_28x28_in_file_order(tmp_path: Path) -> Non
     datamodule = MNISTDataModule(predict_path=str(tmp_path))
     datamodule.setup("predict")
     dataset = datamodule.datasets["predict"]
-    assert dataset.names == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert dataset.targets == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
     assert dataset.images.shape == (2, 1, 28, 28)
     assert dataset.images[0].float().mean() == pytest.approx(200, abs=2)
 

@@ -81,7 +81,8 @@ def test_predict_test_split_matches_the_model(
     assert [row["source"] for row in rows] == [f"mnist-test/{i}" for i in range(128)]
     datamodule = trained.cli.datamodule
     datamodule.setup("test")
-    images, labels = datamodule.datasets["test"].tensors
+    test_set = datamodule.datasets["test"]
+    images, labels = test_set.images, test_set.targets
     model = load_classifier(trained.best).eval()
     with torch.no_grad():
         probabilities = model(datamodule.on_after_batch_transfer((images, labels), 0)[0]).softmax(1)

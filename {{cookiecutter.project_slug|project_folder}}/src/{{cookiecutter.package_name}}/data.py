@@ -5,7 +5,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
@@ -26,18 +26,32 @@ class DatasetError(RuntimeError):
     """Data that is missing or unusable; the message says what to do."""
 
 
-class NamedImages(Dataset):
-    """Images paired with the name their prediction is reported under."""
+class InMemoryImages(Dataset):
+    """Decoded uint8 images with their labels, or with names for predictions.
 
-    def __init__(self, images: Tensor, names: list[str]) -> None:
+    ``__getitems__`` lets the DataLoader gather a whole batch with one indexing operation
+    instead of collating it image by image.
+    """
+
+    def __init__(self, images: Tensor, targets: Tensor | list[str]) -> None:
         self.images = images
-        self.names = names
+        self.targets = targets
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, str]:
-        return self.images[index], self.names[index]
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor | str]:
+        return self.images[index], self.targets[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor | list[str]]:
+        if isinstance(self.targets, Tensor):
+            return self.images[indices], self.targets[indices]
+        return self.images[indices], [self.targets[i] for i in indices]
+
+
+def already_batched(batch: tuple) -> tuple:
+    """Collate function for datasets whose ``__getitems__`` returns whole batches."""
+    return batch
 
 
 def raw_folder(data_dir: str | Path) -> Path:
@@ -143,19 +157,20 @@ class MNISTDataModule(pl.LightningDataModule):
             generator = torch.Generator().manual_seed(self.hparams.split_seed)
             order = torch.randperm(len(labels), generator=generator)
             val, train = order[: self.hparams.val_size], order[self.hparams.val_size :]
-            self.datasets["train"] = TensorDataset(images[train], labels[train])
-            self.datasets["val"] = TensorDataset(images[val], labels[val])
+            self.datasets["train"] = InMemoryImages(images[train], labels[train])
+            self.datasets["val"] = InMemoryImages(images[val], labels[val])
         if stage == "test" and "test" not in self.datasets:
-            self.datasets["test"] = TensorDataset(*load_split(self.hparams.data_dir, train=False))
+            self.datasets["test"] = InMemoryImages(*load_split(self.hparams.data_dir, train=False))
         if stage == "predict":
             self.datasets["predict"] = self._predict_set()
 
-    def _predict_set(self) -> NamedImages:
+    def _predict_set(self) -> InMemoryImages:
         if self.hparams.predict_path is None:
             images, _ = load_split(self.hparams.data_dir, train=False)
-            return NamedImages(images, [f"mnist-test/{i}" for i in range(len(images))])
+            return InMemoryImages(images, [f"mnist-test/{i}" for i in range(len(images))])
         paths = image_paths(Path(self.hparams.predict_path))
-        return NamedImages(torch.stack([load_image(p) for p in paths]), [str(p) for p in paths])
+        images = torch.stack([load_image(path) for path in paths])
+        return InMemoryImages(images, [str(path) for path in paths])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -175,6 +190,7 @@ class MNISTDataModule(pl.LightningDataModule):
             self.datasets[split],
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
+            collate_fn=already_batched,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -4,18 +4,19 @@ from torch import Tensor, nn
 
 {% if cookiecutter.model == "cnn" %}
 class ConvNet(nn.Module):
-    """Two convolution blocks and a linear classifier for 28x28 grayscale images."""
+    """Three convolution blocks (28 -> 14 -> 7 -> 3 pixels) and a linear classifier."""
 
-    def __init__(self, channels: int = 32, dropout: float = 0.25, num_classes: int = 10) -> None:
+    def __init__(self, channels: int = 16, dropout: float = 0.25, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
             conv_block(1, channels),
             conv_block(channels, 2 * channels),
+            conv_block(2 * channels, 4 * channels),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(2 * channels * 7 * 7, num_classes),
+            nn.Linear(4 * channels * 3 * 3, num_classes),
         )
 
     def forward(self, images: Tensor) -> Tensor:

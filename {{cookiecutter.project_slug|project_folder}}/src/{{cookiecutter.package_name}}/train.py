@@ -52,7 +52,7 @@ def train(args: list[str] | None = None) -> TrainCLI:
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             **trainer_defaults(),
-            "max_epochs": 10,
+            "max_epochs": 5,
             "default_root_dir": "logs",
 {%- if cookiecutter.logger == "tensorboard" %}
             "logger": {
