@@ -22,7 +22,7 @@ class Run:
 
     @property
     def best(self) -> Path:
-        return self.workdir / self.cli.trainer.checkpoint_callback.best_model_path
+        return self.workdir / self.cli.config_init["checkpoint"].best_model_path
 
     @property
     def log_dir(self) -> Path:

@@ -1,1 +1,4 @@
 """Digit classification on MNIST with PyTorch Lightning."""
+
+# The lightning-template release this project was generated from.
+TEMPLATE_VERSION = "{{ cookiecutter._template_version }}"

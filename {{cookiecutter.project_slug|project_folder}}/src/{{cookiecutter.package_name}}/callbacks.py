@@ -1,49 +1,129 @@
 """Callbacks of this project; the stock ones come from pytorch_lightning.callbacks."""
 
 import csv
+import json
+import platform
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import BasePredictionWriter
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
+from pytorch_lightning.cli import SaveConfigCallback
+from pytorch_lightning.utilities import rank_zero_info
+
+from . import TEMPLATE_VERSION
+
+PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "jsonargparse")
 
 
 class PredictionCSVWriter(BasePredictionWriter):
-    """Write one CSV row per predicted input: source, predicted class, confidence.
+    """Write one CSV row per input, in input order: source, predicted class, confidence.
 
-    Rows go to ``<output>.partial`` while predicting, which is renamed to ``output`` only
-    when prediction finishes, so an interrupted run never leaves a CSV that looks complete.
+    Each process writes its share to a part file; when prediction ends, rank 0 merges them
+    by input index (dropping the repeats a distributed sampler pads with) into ``output``.
+    Nothing is written under the name ``output`` until the file is complete.
     """
 
     def __init__(self, output: str | Path) -> None:
         super().__init__(write_interval="batch")
         self.output = Path(output)
-        self.partial = self.output.with_name(self.output.name + ".partial")
+
+    def _part(self, rank: int) -> Path:
+        return self.output.with_name(f"{self.output.name}.rank{rank}.partial")
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.partial.open("w", newline="")
+        self._file = self._part(trainer.global_rank).open("w", newline="")
         self._writer = csv.writer(self._file)
-        self._writer.writerow(["source", "predicted", "confidence"])
 
     def write_on_batch_end(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         prediction: dict[str, Any],
-        batch_indices: Any,
+        batch_indices: list[int],
         batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         rows = zip(
+            batch_indices,
             prediction["source"],
             prediction["predicted"].tolist(),
             prediction["confidence"].tolist(),
             strict=True,
         )
-        self._writer.writerows((source, label, f"{conf:.6f}") for source, label, conf in rows)
+        self._writer.writerows((i, source, label, f"{conf:.6f}") for i, source, label, conf in rows)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._file.close()
-        self.partial.replace(self.output)
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            self._merge_parts(trainer.world_size)
+        trainer.strategy.barrier()
+
+    def _merge_parts(self, world_size: int) -> None:
+        rows: dict[int, list[str]] = {}
+        for rank in range(world_size):
+            with self._part(rank).open(newline="") as part:
+                rows.update((int(index), row) for index, *row in csv.reader(part))
+            self._part(rank).unlink()
+        merged = self.output.with_name(self.output.name + ".partial")
+        with merged.open("w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["source", "predicted", "confidence"])
+            writer.writerows(rows[index] for index in sorted(rows))
+        merged.replace(self.output)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(pl.Callback):
+    """Stop before a NaN or infinite loss is backpropagated into the weights."""
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
+    ) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at step {trainer.global_step}: "
+                "lower --model.lr or check the input data"
+            )
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Keep ``checkpoints/last.ckpt`` at the latest epoch end, or where a fit was interrupted.
+
+    Ctrl-C, SIGTERM from a scheduler or a crash leave a mid-epoch ``last.ckpt`` to resume
+    from with ``--ckpt_path``; a diverged loss does not, since it is not worth resuming.
+    (A separate callback because ``save_last`` of the best-model checkpoint only refreshes
+    ``last.ckpt`` in epochs that also improve the best model.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, NonFiniteLossError) or trainer.sanity_checking or not self.dirpath:
+            return
+        path = Path(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"Interrupted; resume with --ckpt_path {path}")
+
+
+class SaveRunInfo(SaveConfigCallback):
+    """Save the resolved config and, beside it, the template and package versions."""
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        versions = {
+            "lightning-template": TEMPLATE_VERSION,
+            "python": platform.python_version(),
+            **{package: version(package) for package in PACKAGES},
+        }
+        Path(trainer.log_dir, "versions.json").write_text(json.dumps(versions, indent=2) + "\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_only
 
 from .callbacks import PredictionCSVWriter
 from .data import DatasetError, MNISTDataModule, raw_folder
@@ -46,6 +47,7 @@ def predict(
     output: Path,
     batch_size: int = 256,
     accelerator: str = "auto",
+    devices: int = 1,
 ) -> Path:
     """Write predictions for ``input_path`` to ``output`` and return its path."""
     model = load_classifier(ckpt_path)
@@ -54,7 +56,7 @@ def predict(
     else:
         datamodule = MNISTDataModule(predict_path=str(input_path), batch_size=batch_size)
     trainer = pl.Trainer(
-        **{**trainer_defaults(), "accelerator": accelerator, "devices": 1},
+        **{**trainer_defaults(), "accelerator": accelerator, "devices": devices},
         logger=False,
         enable_checkpointing=False,
         callbacks=[PredictionCSVWriter(output)],
@@ -75,16 +77,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"))
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, ...")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="devices to spread over (DDP); one CSV either way"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        output = predict(args.ckpt_path, args.input, args.output, args.batch_size, args.accelerator)
+        output = predict(
+            args.ckpt_path, args.input, args.output, args.batch_size, args.accelerator, args.devices
+        )
     except (CheckpointError, DatasetError) as error:
         sys.exit(f"error: {error}")
-    print(f"wrote {output}")
+    rank_zero_only(print)(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -5,16 +5,18 @@ import sys
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
-from pytorch_lightning.callbacks import EarlyStopping, {% if cookiecutter.logger != "none" %}LearningRateMonitor, {% endif %}ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping{% if cookiecutter.logger != "none" %}, LearningRateMonitor{% endif %}, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from .callbacks import LastCheckpoint, NonFiniteLossError, SaveRunInfo, StopOnNonFiniteLoss
 from .data import DatasetError, MNISTDataModule
 from .hardware import trainer_defaults
 from .model import MNISTClassifier
 
 
 class TrainCLI(LightningCLI):
-    """LightningCLI with a resume flag and configurable checkpointing and early stopping."""
+    """LightningCLI with a resume flag and configurable best-model checkpoint and early stopping."""
 
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
         parser.add_argument(
@@ -25,7 +27,6 @@ class TrainCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "epoch{epoch:02d}-val_acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
@@ -49,6 +50,7 @@ def train(args: list[str] | None = None) -> TrainCLI:
         run=False,
         auto_configure_optimizers=False,
         seed_everything_default=42,
+        save_config_callback=SaveRunInfo,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             **trainer_defaults(),
@@ -59,23 +61,31 @@ def train(args: list[str] | None = None) -> TrainCLI:
                 "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": "logs", "name": "mnist"},
             },
+            "callbacks": [
+                LastCheckpoint(),
+                StopOnNonFiniteLoss(),
+                LearningRateMonitor(logging_interval="epoch"),
+            ],
 {%- elif cookiecutter.logger == "csv" %}
             "logger": {
                 "class_path": "pytorch_lightning.loggers.CSVLogger",
                 "init_args": {"save_dir": "logs", "name": "mnist"},
             },
+            "callbacks": [
+                LastCheckpoint(),
+                StopOnNonFiniteLoss(),
+                LearningRateMonitor(logging_interval="epoch"),
+            ],
 {%- else %}
             "logger": False,
-{%- endif %}
-{%- if cookiecutter.logger != "none" %}
-            "callbacks": [LearningRateMonitor(logging_interval="epoch")],
+            "callbacks": [LastCheckpoint(), StopOnNonFiniteLoss()],
 {%- endif %}
         },
     )
     trainer = cli.trainer
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     # Empty when no checkpoint was written (e.g. --trainer.fast_dev_run): test the last weights.
-    best = trainer.checkpoint_callback.best_model_path or None
+    best = cli.config_init["checkpoint"].best_model_path or None
     results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
     if trainer.is_global_zero:
         summary = {"best_checkpoint": best, **results[0]}
@@ -86,8 +96,10 @@ def train(args: list[str] | None = None) -> TrainCLI:
 def main() -> None:
     try:
         train()
-    except DatasetError as error:
+    except (DatasetError, NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
+    except SIGTERMException:
+        sys.exit("stopped by SIGTERM; last.ckpt in the run's checkpoints folder resumes the fit")
 
 
 if __name__ == "__main__":
