@@ -33,9 +33,11 @@ def bake(cookies_session) -> Bake:
     return bake_with
 
 
-def run_in(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a command in a baked project with its ``src`` importable; fail with its output."""
-    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+def run_in(
+    project: Path, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run Python in a baked project with its ``src`` importable; fail with its output."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(project / "src")}
     completed = subprocess.run(
         [sys.executable, *args],
         cwd=project,

@@ -25,21 +25,30 @@ COMMON_FILES = {
     "README.md",
     "configs/default.yaml",
     "pyproject.toml",
+    "scripts/slurm.sbatch",
     "src/mnist_lab/__init__.py",
     "src/mnist_lab/callbacks.py",
     "src/mnist_lab/data.py",
+    "src/mnist_lab/export.py",
     "src/mnist_lab/hardware.py",
     "src/mnist_lab/model.py",
     "src/mnist_lab/nets.py",
     "src/mnist_lab/predict.py",
+    "src/mnist_lab/report.py",
     "src/mnist_lab/train.py",
     "tests/conftest.py",
+    "tests/helper_callbacks.py",
     "tests/synthetic_mnist.py",
     "tests/test_config.py",
     "tests/test_data.py",
+    "tests/test_ddp.py",
     "tests/test_nets.py",
+    "tests/test_resume.py",
+    "tests/test_robustness.py",
     "tests/test_train_predict.py",
 }
+
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 LEFTOVERS = ("{{", "{%", "cookiecutter.")
 
@@ -99,7 +108,8 @@ def test_config_files_parse_and_follow_the_answers(baked: tuple[dict[str, str], 
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     assert pyproject["project"]["requires-python"] == f">={answers['python_version']}"
     dependencies = " ".join(pyproject["project"]["dependencies"])
-    assert ("tensorboard" in dependencies) == (answers["logger"] == "tensorboard")
+    for logger, package in LOGGER_PACKAGES.items():
+        assert (package in dependencies) == (answers["logger"] == logger), package
     assert pyproject["project"].get("license", "none") == answers["license"]
     for name in (".pre-commit-config.yaml", "configs/default.yaml"):
         assert isinstance(yaml.safe_load((project / name).read_text()), dict)

@@ -26,3 +26,10 @@ def test_wrong_type_is_refused_before_training(capsys: pytest.CaptureFixture[str
         train(["--trainer.max_epochs=abc"])
     assert exit_info.value.code != 0
     assert "max_epochs" in capsys.readouterr().err
+
+
+def test_unknown_key_is_refused_before_training(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train(["--model.nope=1"])
+    assert exit_info.value.code != 0
+    assert "nope" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 uninterrupted fit ends."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import torch
 from {{ cookiecutter.package_name }}.data import MNISTDataModule
 from {{ cookiecutter.package_name }}.model import MNISTClassifier
 
-PROJECT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 16  # 512 training images, batches of 32
 # Resuming mid-epoch restarts that epoch's shuffled order, so the two fits see the same
 # images in a different order: their accuracies agree within this, not bit for bit.
@@ -39,11 +37,6 @@ def train_command(mnist_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def child_env() -> dict[str, str]:
-    paths = [str(PROJECT / "src"), str(PROJECT / "tests"), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-
-
 def last_checkpoint(workdir: Path) -> Path:
     """The last.ckpt of the newest run in ``workdir``."""
     return max(workdir.glob("logs/**/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
@@ -61,7 +54,7 @@ def val_accuracy(checkpoint: Path, mnist_dir: Path) -> float:
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_leaves_a_checkpoint_that_resumes(
-    mnist_dir: Path, tmp_path: Path
+    mnist_dir: Path, tmp_path: Path, child_env: dict[str, str]
 ) -> None:
     # The resumed fit runs where the interrupted one did, as a user would resume it.
     workdir, uninterrupted = tmp_path / "interrupted", tmp_path / "uninterrupted"
@@ -72,7 +65,7 @@ def test_sigterm_mid_epoch_leaves_a_checkpoint_that_resumes(
     process = subprocess.Popen(
         train_command(mnist_dir, f"--trainer.callbacks={json.dumps([pause])}"),
         cwd=workdir,
-        env=child_env(),
+        env=child_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -91,8 +84,8 @@ def test_sigterm_mid_epoch_leaves_a_checkpoint_that_resumes(
     assert checkpoint["global_step"] == STEPS_PER_EPOCH + 4
 
     resume = f"--ckpt_path={interrupted}"
-    subprocess.run(train_command(mnist_dir, resume), cwd=workdir, env=child_env(), check=True)
-    subprocess.run(train_command(mnist_dir), cwd=uninterrupted, env=child_env(), check=True)
+    subprocess.run(train_command(mnist_dir, resume), cwd=workdir, env=child_env, check=True)
+    subprocess.run(train_command(mnist_dir), cwd=uninterrupted, env=child_env, check=True)
 
     resumed = last_checkpoint(workdir)
     finished = torch.load(resumed, map_location="cpu")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.io import write_png
+from torchvision.io import decode_png, read_file, write_png
 
-from {{ cookiecutter.package_name }}.data import load_split
+from {{ cookiecutter.package_name }}.data import MEAN, STD, load_split
+from {{ cookiecutter.package_name }}.export import export
 from {{ cookiecutter.package_name }}.model import MNISTClassifier
 from {{ cookiecutter.package_name }}.predict import CheckpointError, load_classifier, main, predict
 from {{ cookiecutter.package_name }}.train import TrainCLI, train
@@ -62,6 +63,34 @@ def test_fit_writes_checkpoints_config_and_test_metrics(trained: Run) -> None:
     assert trained.workdir / summary["best_checkpoint"] == trained.best
     assert summary["test/acc"] > 0.9, "the synthetic digits are easy: the fit did not learn"
     assert summary["test/f1"] == pytest.approx(summary["test/acc"], abs=0.1)
+    versions = json.loads((trained.log_dir / "versions.json").read_text())
+    assert torch.__version__.startswith(versions["torch"]) and versions["lightning-template"]
+
+
+def test_test_report_pictures_decode(trained: Run) -> None:
+    for name in ("confusion_matrix.png", "misclassified.png"):
+        image = decode_png(read_file(str(trained.log_dir / name)))
+        assert image.shape[-2:] == (600, 600), name
+
+
+def test_exports_match_the_model(trained: Run, mnist_dir: Path, tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime", reason="pip install -e .[export]")
+    images, _ = load_split(mnist_dir, train=False)
+    batch = (images[:16].float() - MEAN) / STD
+    model = load_classifier(trained.best).eval()
+    with torch.no_grad():
+        expected = model(batch)
+    session = onnxruntime.InferenceSession(str(export(trained.best, "onnx", tmp_path / "m.onnx")))
+    [logits] = session.run(None, {"images": batch.numpy()})
+    assert torch.allclose(torch.from_numpy(logits), expected, atol=1e-4)
+    scripted = torch.jit.load(str(export(trained.best, "torchscript", tmp_path / "m.pt")))
+    assert torch.allclose(scripted(batch), expected, atol=1e-4)
+
+
+def test_checkpoints_load_weights_only(trained: Run) -> None:
+    for path in (trained.best, trained.best.parent / "last.ckpt"):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        assert checkpoint["hyper_parameters"] == dict(trained.cli.model.hparams)
 
 
 def test_checkpoint_reload_gives_identical_outputs(trained: Run, mnist_dir: Path) -> None:

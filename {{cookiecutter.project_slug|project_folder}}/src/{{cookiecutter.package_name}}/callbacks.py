@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
 from pytorch_lightning.cli import SaveConfigCallback
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from . import TEMPLATE_VERSION
 
@@ -118,12 +118,30 @@ class LastCheckpoint(ModelCheckpoint):
 
 
 class SaveRunInfo(SaveConfigCallback):
-    """Save the resolved config and, beside it, the template and package versions."""
+    """Save the resolved config and the template and package versions in the run folder,
+    and send both to the experiment loggers."""
 
-    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        versions = {
-            "lightning-template": TEMPLATE_VERSION,
-            "python": platform.python_version(),
-            **{package: version(package) for package in PACKAGES},
-        }
-        Path(trainer.log_dir, "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        first_call = not self.already_saved
+        super().setup(trainer, pl_module, stage)
+        log_dir = trainer.log_dir  # every rank must ask: the property broadcasts rank 0's answer
+        if first_call and trainer.is_global_zero:
+            versions = {
+                "lightning-template": TEMPLATE_VERSION,
+                "python": platform.python_version(),
+                **{package: version(package) for package in PACKAGES},
+            }
+            Path(log_dir, "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"config": self.config.as_dict(), "versions": versions})
+
+
+class EpochSummary(pl.Callback):
+    """Print one line of metrics per epoch when no progress bar is shown."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.progress_bar_callback is None:
+            metrics = sorted(trainer.callback_metrics.items())
+            values = " ".join(f"{name}={float(value):.4f}" for name, value in metrics)
+            epoch = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+            rank_zero_only(print)(f"{epoch} {values}")

@@ -66,25 +66,30 @@ class MNISTClassifier(pl.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
-    def _loss(self, batch: tuple[Tensor, Tensor], metrics: MetricCollection) -> Tensor:
+    def _step(
+        self, batch: tuple[Tensor, Tensor], metrics: MetricCollection
+    ) -> tuple[Tensor, Tensor]:
         images, labels = batch
         logits = self(images)
         metrics.update(logits, labels)
-        return F.cross_entropy(logits, labels)
+        return F.cross_entropy(logits, labels), logits
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._loss(batch, self.train_metrics)
+        loss, _ = self._step(batch, self.train_metrics)
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch, self.val_metrics), sync_dist=True)
+        loss, _ = self._step(batch, self.val_metrics)
+        self.log("val/loss", loss, sync_dist=True)
         self.log_dict(self.val_metrics, prog_bar=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("test/loss", self._loss(batch, self.test_metrics), sync_dist=True)
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, logits = self._step(batch, self.test_metrics)
+        self.log("test/loss", loss, sync_dist=True)
         self.log_dict(self.test_metrics)
+        return logits  # for callbacks that look at the predictions, such as TestReport
 
     def predict_step(self, batch: tuple[Tensor, list[str]], batch_idx: int) -> dict:
         images, sources = batch

@@ -1,6 +1,9 @@
 """Train entry point: fit, then test the best checkpoint. ``--help`` lists every flag."""
 
 import json
+{%- if cookiecutter.logger == "mlflow" %}
+import os
+{%- endif %}
 import sys
 from pathlib import Path
 
@@ -9,10 +12,17 @@ from pytorch_lightning.callbacks import EarlyStopping{% if cookiecutter.logger !
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from .callbacks import LastCheckpoint, NonFiniteLossError, SaveRunInfo, StopOnNonFiniteLoss
+from .callbacks import (
+    EpochSummary,
+    LastCheckpoint,
+    NonFiniteLossError,
+    SaveRunInfo,
+    StopOnNonFiniteLoss,
+)
 from .data import DatasetError, MNISTDataModule
 from .hardware import trainer_defaults
 from .model import MNISTClassifier
+from .report import TestReport
 
 
 class TrainCLI(LightningCLI):
@@ -43,6 +53,10 @@ class TrainCLI(LightningCLI):
 
 def train(args: list[str] | None = None) -> TrainCLI:
     """Parse ``args`` (default: the command line), fit, test the best checkpoint."""
+{%- if cookiecutter.logger == "mlflow" %}
+    # MLflow 3 refuses its file store unless asked; it keeps runs in plain files under logs/.
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+{%- endif %}
     cli = TrainCLI(
         MNISTClassifier,
         MNISTDataModule,
@@ -56,30 +70,41 @@ def train(args: list[str] | None = None) -> TrainCLI:
             **trainer_defaults(),
             "max_epochs": 5,
             "default_root_dir": "logs",
+            # A live progress bar in a terminal; one line per epoch in CI logs and batch jobs.
+            "enable_progress_bar": sys.stderr.isatty(),
 {%- if cookiecutter.logger == "tensorboard" %}
             "logger": {
                 "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": "logs", "name": "mnist"},
             },
-            "callbacks": [
-                LastCheckpoint(),
-                StopOnNonFiniteLoss(),
-                LearningRateMonitor(logging_interval="epoch"),
-            ],
 {%- elif cookiecutter.logger == "csv" %}
             "logger": {
                 "class_path": "pytorch_lightning.loggers.CSVLogger",
                 "init_args": {"save_dir": "logs", "name": "mnist"},
             },
+{%- elif cookiecutter.logger == "wandb" %}
+            # Offline (files only) with WANDB_MODE=offline; online after `wandb login`.
+            "logger": {
+                "class_path": "pytorch_lightning.loggers.WandbLogger",
+                "init_args": {"save_dir": "logs", "project": {{ cookiecutter.project_slug | quoted }}},
+            },
+{%- elif cookiecutter.logger == "mlflow" %}
+            "logger": {
+                "class_path": "pytorch_lightning.loggers.MLFlowLogger",
+                "init_args": {"experiment_name": "mnist", "tracking_uri": "file:logs/mlruns"},
+            },
+{%- else %}
+            "logger": False,
+{%- endif %}
             "callbacks": [
                 LastCheckpoint(),
                 StopOnNonFiniteLoss(),
+                EpochSummary(),
+                TestReport(),
+{%- if cookiecutter.logger != "none" %}
                 LearningRateMonitor(logging_interval="epoch"),
-            ],
-{%- else %}
-            "logger": False,
-            "callbacks": [LastCheckpoint(), StopOnNonFiniteLoss()],
 {%- endif %}
+            ],
         },
     )
     trainer = cli.trainer
@@ -87,9 +112,10 @@ def train(args: list[str] | None = None) -> TrainCLI:
     # Empty when no checkpoint was written (e.g. --trainer.fast_dev_run): test the last weights.
     best = cli.config_init["checkpoint"].best_model_path or None
     results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
+    log_dir = trainer.log_dir  # every rank must ask: the property broadcasts rank 0's answer
     if trainer.is_global_zero:
         summary = {"best_checkpoint": best, **results[0]}
-        Path(trainer.log_dir, "test_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        Path(log_dir, "test_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return cli
 
 

@@ -1,0 +1,51 @@
+"""Export entry point: a checkpoint to ONNX or TorchScript for serving without Lightning.
+
+The exported model takes what the DataModule feeds the network: float images of shape
+(N, 1, 28, 28), normalized as ``(pixels - MEAN) / STD`` with MEAN and STD from data.py, and
+returns the 10 class logits.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .predict import CheckpointError, load_classifier
+
+FORMATS = ("onnx", "torchscript")
+
+
+def export(ckpt_path: Path, export_format: str, output: Path) -> Path:
+    """Write the checkpoint's network to ``output`` in ``export_format``; return ``output``."""
+    model = load_classifier(ckpt_path).eval()
+    example = torch.randn(2, 1, 28, 28)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if export_format == "onnx":
+        model.to_onnx(
+            output,
+            example,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+        )
+    else:
+        model.to_torchscript(output, method="trace", example_inputs=example)
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt_path", type=Path, required=True, help="checkpoint from training")
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("--output", type=Path, required=True, help="e.g. model.onnx or model.pt")
+    args = parser.parse_args(argv)
+    try:
+        output = export(args.ckpt_path, args.format, args.output)
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

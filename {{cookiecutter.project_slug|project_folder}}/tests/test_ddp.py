@@ -1,0 +1,70 @@
+"""DDP over two CPU processes (gloo): metrics synced across ranks, files written once."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+
+from {{ cookiecutter.package_name }}.data import MNISTDataModule
+from {{ cookiecutter.package_name }}.model import MNISTClassifier
+from {{ cookiecutter.package_name }}.predict import predict
+
+TWO_CPU_PROCESSES = ["--accelerator=cpu", "--devices=2"]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.slow
+def test_ddp_fit_test_and_predict(
+    mnist_dir: Path, tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    subprocess.run(
+        [
+            *[sys.executable, "-m", "{{ cookiecutter.package_name }}.train"],
+            *[f"--trainer.{flag[2:]}" for flag in TWO_CPU_PROCESSES],
+            "--trainer.strategy=ddp",
+            f"--data.data_dir={mnist_dir}",
+            "--data.val_size=128",
+            "--data.batch_size=32",
+            "--trainer.max_epochs=2",
+            "--trainer.enable_progress_bar=false",
+        ],
+        cwd=tmp_path,
+        env=child_env,
+        check=True,
+        timeout=120,
+    )
+    [summary_file] = tmp_path.glob("logs/**/test_metrics.json")
+    summary = json.loads(summary_file.read_text())
+    best = tmp_path / summary["best_checkpoint"]
+    assert {path.name for path in best.parent.iterdir()} == {best.name, "last.ckpt"}
+
+    # One process over the whole test split must see what the two ranks reported together.
+    single = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    model = MNISTClassifier.load_from_checkpoint(best, map_location="cpu")
+    [expected] = single.test(model, datamodule=MNISTDataModule(data_dir=str(mnist_dir)))
+    for name in ("test/loss", "test/acc", "test/f1"):
+        assert summary[name] == pytest.approx(expected[name], abs=1e-5), name
+
+    subprocess.run(
+        [
+            *[sys.executable, "-m", "{{ cookiecutter.package_name }}.predict", *TWO_CPU_PROCESSES],
+            *[f"--ckpt_path={best}", f"--input={mnist_dir}", f"--output={tmp_path / 'ddp.csv'}"],
+        ],
+        cwd=tmp_path,
+        env=child_env,
+        check=True,
+        timeout=120,
+    )
+    single_rows = read_rows(predict(best, mnist_dir, tmp_path / "single.csv", accelerator="cpu"))
+    ddp_rows = read_rows(tmp_path / "ddp.csv")
+    assert [row["source"] for row in ddp_rows] == [f"mnist-test/{i}" for i in range(128)]
+    assert [row["predicted"] for row in ddp_rows] == [row["predicted"] for row in single_rows]
+    assert sorted(path.name for path in tmp_path.glob("*.csv*")) == ["ddp.csv", "single.csv"]
