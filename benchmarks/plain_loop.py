@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 def main(src: str, data_dir: str, epochs: int) -> None:
     sys.path.insert(0, src)
-    from mnist_lab.data import MEAN, STD, MNISTDataModule
+    from mnist_lab.data import MEAN, STD, ImageDataModule
     from mnist_lab.hardware import default_precision, trainer_defaults
-    from mnist_lab.model import MNISTClassifier
+    from mnist_lab.model import ImageClassifier
 
     trainer_defaults()
     torch.manual_seed(42)
@@ -24,10 +24,10 @@ def main(src: str, data_dir: str, epochs: int) -> None:
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(
         default_precision()
     )
-    datamodule = MNISTDataModule(data_dir=data_dir)
+    datamodule = ImageDataModule(data_dir=data_dir)
     datamodule.setup("fit")
     train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
-    model = MNISTClassifier().to(device)
+    model = ImageClassifier().to(device)
     net = model.net
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=model.hparams.lr, weight_decay=model.hparams.weight_decay

@@ -5,6 +5,7 @@ from pathlib import Path
 
 LICENSE = {{ cookiecutter.license | quoted }}
 CI = {{ cookiecutter.ci | quoted }}
+DOCKER = {{ cookiecutter.docker | quoted }}
 PROJECT_SLUG = {{ cookiecutter.project_slug | quoted }}
 PACKAGE_NAME = {{ cookiecutter.package_name | quoted }}
 
@@ -24,6 +25,9 @@ def main() -> None:
         Path("LICENSE").unlink()
     if CI == "none":
         shutil.rmtree(".github")
+    if DOCKER == "no":
+        Path("Dockerfile").unlink()
+        Path(".dockerignore").unlink()
     print(NEXT_STEPS)
 
 

@@ -1,6 +1,5 @@
 """Shared helpers: bake the template once per option set, run commands in a baked project."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -54,10 +53,12 @@ def run_in(
 
 
 def synthetic_mnist(project: Path, data_dir: Path) -> Path:
-    """Write synthetic MNIST IDX files with the baked project's own test helper."""
-    spec = importlib.util.spec_from_file_location(
-        "baked_synthetic_mnist", project / "tests" / "synthetic_mnist.py"
+    """Write synthetic IDX files with the baked project's own test helper, in a subprocess
+    so that bakes of the same package name never meet in this process."""
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+        "from synthetic_mnist import write_synthetic_mnist; "
+        f"write_synthetic_mnist(Path({str(data_dir)!r}))"
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_synthetic_mnist(data_dir)
+    run_in(project, "-c", code)
+    return data_dir

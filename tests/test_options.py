@@ -64,6 +64,8 @@ def expected_files(options: dict[str, str]) -> set[str]:
         files.add("LICENSE")
     if answers["ci"] == "github":
         files.add(".github/workflows/ci.yml")
+    if answers["docker"] == "yes":
+        files |= {"Dockerfile", ".dockerignore"}
     return files
 
 
@@ -142,3 +144,11 @@ def test_license_file_matches_the_choice(bake: Bake) -> None:
         text = (bake(license=license_id) / "LICENSE").read_text()
         assert text.startswith(first_line) and "Your Name" in text
     assert "Apache License" in (bake(license="Apache-2.0") / "LICENSE").read_text()
+
+
+def test_dockerfile_passes_hadolint(bake: Bake) -> None:
+    dockerfile = bake(docker="yes") / "Dockerfile"
+    hadolint = Path(sys.executable).parent / "hadolint"
+    completed = subprocess.run([hadolint, dockerfile], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "ENTRYPOINT" in dockerfile.read_text()

@@ -9,7 +9,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data folder holding synthetic MNIST files (640 train, 128 test images)."""
+    """A data folder holding synthetic raw files (640 train, 128 test images)."""
     return write_synthetic_mnist(tmp_path_factory.mktemp("data"))
 
 

@@ -1,9 +1,11 @@
-"""Small synthetic MNIST in the real IDX file format, so torchvision's own loader is tested."""
+"""Small synthetic data in MNIST's real IDX file format, so torchvision's own loader is tested."""
 
 import struct
 from pathlib import Path
 
 import torch
+
+from {{ cookiecutter.package_name }}.data import raw_folder
 
 RAW_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -32,8 +34,8 @@ def write_idx(folder: Path, split: str, images: torch.Tensor, labels: torch.Tens
 
 
 def write_synthetic_mnist(data_dir: Path, train_size: int = 640, test_size: int = 128) -> Path:
-    """Write ``data_dir/MNIST/raw`` with learnable synthetic digits; return ``data_dir``."""
-    folder = data_dir / "MNIST" / "raw"
+    """Write the raw files of ``data_dir`` with learnable synthetic images; return ``data_dir``."""
+    folder = raw_folder(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     for split, size in (("train", train_size), ("test", test_size)):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 
-from {{ cookiecutter.package_name }}.data import MNISTDataModule
-from {{ cookiecutter.package_name }}.model import MNISTClassifier
+from {{ cookiecutter.package_name }}.data import ImageDataModule
+from {{ cookiecutter.package_name }}.model import ImageClassifier
 from {{ cookiecutter.package_name }}.predict import predict
 
 TWO_CPU_PROCESSES = ["--accelerator=cpu", "--devices=2"]
@@ -48,8 +48,8 @@ def test_ddp_fit_test_and_predict(
 
     # One process over the whole test split must see what the two ranks reported together.
     single = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    model = MNISTClassifier.load_from_checkpoint(best, map_location="cpu")
-    [expected] = single.test(model, datamodule=MNISTDataModule(data_dir=str(mnist_dir)))
+    model = ImageClassifier.load_from_checkpoint(best, map_location="cpu")
+    [expected] = single.test(model, datamodule=ImageDataModule(data_dir=str(mnist_dir)))
     for name in ("test/loss", "test/acc", "test/f1"):
         assert summary[name] == pytest.approx(expected[name], abs=1e-5), name
 
@@ -65,6 +65,6 @@ def test_ddp_fit_test_and_predict(
     )
     single_rows = read_rows(predict(best, mnist_dir, tmp_path / "single.csv", accelerator="cpu"))
     ddp_rows = read_rows(tmp_path / "ddp.csv")
-    assert [row["source"] for row in ddp_rows] == [f"mnist-test/{i}" for i in range(128)]
+    assert [row["source"] for row in ddp_rows] == [f"test/{i}" for i in range(128)]
     assert [row["predicted"] for row in ddp_rows] == [row["predicted"] for row in single_rows]
     assert sorted(path.name for path in tmp_path.glob("*.csv*")) == ["ddp.csv", "single.csv"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }}.data import MNISTDataModule
-from {{ cookiecutter.package_name }}.model import MNISTClassifier
+from {{ cookiecutter.package_name }}.data import ImageDataModule
+from {{ cookiecutter.package_name }}.model import ImageClassifier
 
 STEPS_PER_EPOCH = 16  # 512 training images, batches of 32
 # Resuming mid-epoch restarts that epoch's shuffled order, so the two fits see the same
@@ -43,8 +43,8 @@ def last_checkpoint(workdir: Path) -> Path:
 
 
 def val_accuracy(checkpoint: Path, mnist_dir: Path) -> float:
-    model = MNISTClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    datamodule = MNISTDataModule(data_dir=str(mnist_dir), val_size=128)
+    model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    datamodule = ImageDataModule(data_dir=str(mnist_dir), val_size=128)
     datamodule.setup("fit")
     val = datamodule.datasets["val"]
     images, labels = datamodule.on_after_batch_transfer((val.images, val.targets), 0)

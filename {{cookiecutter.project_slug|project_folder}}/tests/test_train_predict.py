@@ -1,4 +1,4 @@
-"""A short real fit on synthetic MNIST, then predictions from its checkpoint."""
+"""A short real fit on synthetic data, then predictions from its checkpoint."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ from torchvision.io import decode_png, read_file, write_png
 
 from {{ cookiecutter.package_name }}.data import MEAN, STD, load_split
 from {{ cookiecutter.package_name }}.export import export
-from {{ cookiecutter.package_name }}.model import MNISTClassifier
+from {{ cookiecutter.package_name }}.model import ImageClassifier
 from {{ cookiecutter.package_name }}.predict import CheckpointError, load_classifier, main, predict
 from {{ cookiecutter.package_name }}.train import TrainCLI, train
 
@@ -96,7 +96,7 @@ def test_checkpoints_load_weights_only(trained: Run) -> None:
 def test_checkpoint_reload_gives_identical_outputs(trained: Run, mnist_dir: Path) -> None:
     images, _ = load_split(mnist_dir, train=False)
     batch = (images.float() - 33.0) / 78.0
-    reloaded = MNISTClassifier.load_from_checkpoint(trained.best, map_location="cpu").eval()
+    reloaded = ImageClassifier.load_from_checkpoint(trained.best, map_location="cpu").eval()
     tested = trained.cli.model.cpu().eval()
     with torch.no_grad():
         assert torch.equal(reloaded(batch), tested(batch))
@@ -107,7 +107,7 @@ def test_predict_test_split_matches_the_model(
 ) -> None:
     output = predict(trained.best, mnist_dir, tmp_path / "out" / "test.csv", accelerator="cpu")
     rows = read_rows(output)
-    assert [row["source"] for row in rows] == [f"mnist-test/{i}" for i in range(128)]
+    assert [row["source"] for row in rows] == [f"test/{i}" for i in range(128)]
     datamodule = trained.cli.datamodule
     datamodule.setup("test")
     test_set = datamodule.datasets["test"]

@@ -1,4 +1,8 @@
-"""MNIST as a LightningDataModule: download, split and loaders, decoded once into tensors."""
+"""{{ "Fashion-MNIST" if cookiecutter.dataset == "fashion_mnist" else "MNIST" }} as a LightningDataModule: download, split, loaders; decoded once to tensors.
+
+To train on other data, change this file and the ``data:`` section of the config: the rest of
+the project only expects batches of ``(images, labels)``.
+"""
 
 from pathlib import Path
 
@@ -6,20 +10,27 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets import MNIST
+from torchvision.datasets import {{ "FashionMNIST" if cookiecutter.dataset == "fashion_mnist" else "MNIST" }}
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2.functional import resize
 
-MNIST_FILES = (
+RAW_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-# Pixel statistics of the MNIST training set, on the 0-255 scale of the stored bytes.
+# torchvision's loader for the data set: it downloads into and reads from
+# <data_dir>/<its class name>/raw, in the IDX format of MNIST.
+DATASET = {{ "FashionMNIST" if cookiecutter.dataset == "fashion_mnist" else "MNIST" }}
+# Pixel statistics of its training set, on the 0-255 scale of the stored bytes.
+{%- if cookiecutter.dataset == "fashion_mnist" %}
+MEAN, STD = 0.2860 * 255, 0.3530 * 255
+{%- else %}
 MEAN, STD = 0.1307 * 255, 0.3081 * 255
+{%- endif %}
 
 
 class DatasetError(RuntimeError):
@@ -55,38 +66,38 @@ def already_batched(batch: tuple) -> tuple:
 
 
 def raw_folder(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "MNIST" / "raw"
+    return Path(data_dir) / DATASET.__name__ / "raw"
 
 
 def load_split(data_dir: str | Path, train: bool) -> tuple[Tensor, Tensor]:
     """Return uint8 images (N, 1, 28, 28) and int64 labels of one official split."""
     folder = raw_folder(data_dir)
-    missing = [name for name in MNIST_FILES if not (folder / name).is_file()]
+    missing = [name for name in RAW_FILES if not (folder / name).is_file()]
     if missing:
         raise DatasetError(
-            f"MNIST is missing from {folder}: put the files {', '.join(missing)} there "
-            "(uncompressed, as torchvision writes them)"
+            f"{DATASET.__name__} is missing from {folder}: put the files "
+            f"{', '.join(missing)} there (uncompressed, as torchvision writes them)"
         )
     try:
-        dataset = MNIST(data_dir, train=train)
+        dataset = DATASET(data_dir, train=train)
     except Exception as error:  # torchvision's parser fails in several ways on a bad file
         raise DatasetError(corrupt_file_message(folder)) from error
     if len(dataset.data) != len(dataset.targets):
-        raise DatasetError(f"the MNIST image and label files in {folder} differ in length")
+        raise DatasetError(f"the image and label files in {folder} differ in length")
     return dataset.data.unsqueeze(1), dataset.targets
 
 
 def corrupt_file_message(folder: Path) -> str:
-    for name in MNIST_FILES:
+    for name in RAW_FILES:
         try:
             read_sn3_pascalvincent_tensor(str(folder / name))
         except Exception:
-            return f"MNIST file {folder / name} is truncated or corrupt: replace it"
-    return f"the MNIST files in {folder} cannot be read: replace all four"
+            return f"{folder / name} is truncated or corrupt: replace it"
+    return f"the files in {folder} cannot be read: replace all four"
 
 
 def load_image(path: Path) -> Tensor:
-    """Read an image as MNIST sees it: 8-bit grayscale, resized to 28x28."""
+    """Read an image as the data set has them: 8-bit grayscale, 28x28."""
     try:
         image = decode_image(read_file(str(path)), mode=ImageReadMode.GRAY)
     except RuntimeError as error:
@@ -107,8 +118,8 @@ def image_paths(path: Path) -> list[Path]:
     return paths
 
 
-class MNISTDataModule(pl.LightningDataModule):
-    """MNIST train/val split of the official training set, the official 10k test set.
+class ImageDataModule(pl.LightningDataModule):
+    """Train/val split of the official training set, and the official 10k test set.
 
     Batches hold uint8 images; they are normalized after reaching the device, which keeps
     host-to-device copies four times smaller.
@@ -125,7 +136,7 @@ class MNISTDataModule(pl.LightningDataModule):
     ) -> None:
         """
         Args:
-            data_dir: Folder holding ``MNIST/raw``; MNIST is downloaded there if missing.
+            data_dir: Folder holding ``{{ "FashionMNIST" if cookiecutter.dataset == "fashion_mnist" else "MNIST" }}/raw``; downloaded there if missing.
             val_size: Images of the official training set held out for validation.
             batch_size: Images per batch on each device.
             num_workers: DataLoader worker processes; the data already sits decoded in memory.
@@ -138,17 +149,18 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         folder = raw_folder(self.hparams.data_dir)
-        # Predicting on image files needs no MNIST.
-        if self.hparams.predict_path or all((folder / name).is_file() for name in MNIST_FILES):
+        # Predicting on image files needs no data set.
+        if self.hparams.predict_path or all((folder / name).is_file() for name in RAW_FILES):
             return
         try:
             for train in (True, False):
-                MNIST(self.hparams.data_dir, train=train, download=True)
+                DATASET(self.hparams.data_dir, train=train, download=True)
         except (OSError, RuntimeError) as error:
             reason = str(error).splitlines()[0].rstrip(":")
             raise DatasetError(
-                f"MNIST is missing from {folder} and could not be downloaded ({reason}); "
-                f"put the files {', '.join(MNIST_FILES)} there (or their .gz archives)"
+                f"{DATASET.__name__} is missing from {folder} and could not be downloaded "
+                f"({reason}); "
+                f"put the files {', '.join(RAW_FILES)} there (or their .gz archives)"
             ) from error
 
     def setup(self, stage: str) -> None:
@@ -167,7 +179,7 @@ class MNISTDataModule(pl.LightningDataModule):
     def _predict_set(self) -> InMemoryImages:
         if self.hparams.predict_path is None:
             images, _ = load_split(self.hparams.data_dir, train=False)
-            return InMemoryImages(images, [f"mnist-test/{i}" for i in range(len(images))])
+            return InMemoryImages(images, [f"test/{i}" for i in range(len(images))])
         paths = image_paths(Path(self.hparams.predict_path))
         images = torch.stack([load_image(path) for path in paths])
         return InMemoryImages(images, [str(path) for path in paths])

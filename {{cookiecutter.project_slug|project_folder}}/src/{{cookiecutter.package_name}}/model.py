@@ -16,7 +16,7 @@ from .nets import MLP
 NUM_CLASSES = 10
 
 
-class MNISTClassifier(pl.LightningModule):
+class ImageClassifier(pl.LightningModule):
     """Classifies 28x28 digits.
 
     Hyperparameters are plain numbers, so checkpoints load with weights-only loading.

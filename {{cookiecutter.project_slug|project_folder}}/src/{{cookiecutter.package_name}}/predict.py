@@ -1,8 +1,8 @@
-"""Predict entry point: a checkpoint and images (or the MNIST test split) to a CSV.
+"""Predict entry point: a checkpoint and images (or the test split) to a CSV.
 
---input is one PNG/JPG image, a folder of them, or a data folder holding ``MNIST/raw`` (its
-10k test split). Images are read as 8-bit grayscale and resized to 28x28; like MNIST, digits
-should be light on a dark background.
+--input is one PNG/JPG image, a folder of them, or a data folder as training uses it (its
+10k test split). Images are read as 8-bit grayscale and resized to 28x28; like the training
+images, objects should be light on a dark background.
 """
 
 import argparse
@@ -14,16 +14,16 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from .callbacks import PredictionCSVWriter
-from .data import DatasetError, MNISTDataModule, raw_folder
+from .data import DatasetError, ImageDataModule, raw_folder
 from .hardware import trainer_defaults
-from .model import MNISTClassifier
+from .model import ImageClassifier
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing or cannot serve this model."""
 
 
-def load_classifier(path: Path) -> MNISTClassifier:
+def load_classifier(path: Path) -> ImageClassifier:
     """Load a checkpoint written by training, with a clear error for anything else."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -34,10 +34,10 @@ def load_classifier(path: Path) -> MNISTClassifier:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no state_dict)")
     try:
-        return MNISTClassifier.load_from_checkpoint(path, map_location="cpu")
+        return ImageClassifier.load_from_checkpoint(path, map_location="cpu")
     except (KeyError, RuntimeError, TypeError) as error:
         raise CheckpointError(
-            f"{path} holds a different model than {MNISTClassifier.__name__} of this project"
+            f"{path} holds a different model than {ImageClassifier.__name__} of this project"
         ) from error
 
 
@@ -52,9 +52,9 @@ def predict(
     """Write predictions for ``input_path`` to ``output`` and return its path."""
     model = load_classifier(ckpt_path)
     if raw_folder(input_path).is_dir():
-        datamodule = MNISTDataModule(data_dir=str(input_path), batch_size=batch_size)
+        datamodule = ImageDataModule(data_dir=str(input_path), batch_size=batch_size)
     else:
-        datamodule = MNISTDataModule(predict_path=str(input_path), batch_size=batch_size)
+        datamodule = ImageDataModule(predict_path=str(input_path), batch_size=batch_size)
     trainer = pl.Trainer(
         **{**trainer_defaults(), "accelerator": accelerator, "devices": devices},
         logger=False,
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--input",
         type=Path,
         required=True,
-        help="an image, a folder of PNG/JPG images, or a data folder holding MNIST/raw",
+        help="an image, a folder of PNG/JPG images, or a data folder (its test split)",
     )
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"))
     parser.add_argument("--batch_size", type=int, default=256)

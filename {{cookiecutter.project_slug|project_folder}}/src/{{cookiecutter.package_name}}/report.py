@@ -71,7 +71,7 @@ def confusion_figure(matrix: Tensor) -> Figure:
     """Counts of (true, predicted) pairs; the diagonal holds the correct predictions."""
     figure = Figure(figsize=(6, 6))
     axes = figure.subplots()
-    axes.imshow(matrix, cmap="Blues")
+    axes.imshow(matrix.numpy(), cmap="Blues")
     classes = range(len(matrix))
     for true in classes:
         for predicted in classes:
@@ -92,7 +92,7 @@ def mistakes_figure(mistakes: list[tuple[Tensor, int, int]], columns: int = 6) -
         axes.axis("off")
         if index < len(mistakes):
             image, true, predicted = mistakes[index]
-            axes.imshow(image[0], cmap="gray")
+            axes.imshow(image[0].numpy(), cmap="gray")
             axes.set_title(f"{true} as {predicted}", fontsize=7)
     figure.suptitle("Misclassified test images (true as predicted)")
     return figure

@@ -19,9 +19,9 @@ from .callbacks import (
     SaveRunInfo,
     StopOnNonFiniteLoss,
 )
-from .data import DatasetError, MNISTDataModule
+from .data import DatasetError, ImageDataModule
 from .hardware import trainer_defaults
-from .model import MNISTClassifier
+from .model import ImageClassifier
 from .report import TestReport
 
 
@@ -58,8 +58,8 @@ def train(args: list[str] | None = None) -> TrainCLI:
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 {%- endif %}
     cli = TrainCLI(
-        MNISTClassifier,
-        MNISTDataModule,
+        ImageClassifier,
+        ImageDataModule,
         args=args,
         run=False,
         auto_configure_optimizers=False,

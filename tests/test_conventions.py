@@ -1,0 +1,116 @@
+"""The baked project's tooling works offline-capable, and CI runs what the READMEs say."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TEMPLATE_DIR, Bake
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Template Test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Template Test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+
+
+def run(*command: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    completed = subprocess.run(
+        command,
+        cwd=cwd,
+        env={**os.environ, **GIT_IDENTITY, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, (
+        f"{command}:\n{completed.stdout[-3000:]}{completed.stderr[-3000:]}"
+    )
+    return completed.stdout
+
+
+def commit_all(repo: Path, message: str) -> None:
+    run("git", "add", "-A", cwd=repo)
+    run("git", "commit", "-q", "-m", message, cwd=repo)
+
+
+def workflow_commands(path: Path) -> list[str]:
+    workflow = yaml.safe_load(path.read_text())
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    return [line.strip() for step in steps for line in step.get("run", "").splitlines() if line]
+
+
+def readme_commands(path: Path) -> str:
+    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S)
+    return "\n".join(blocks)
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = readme_commands(TEMPLATE_DIR / "README.md")
+    ci_lines = (TEMPLATE_DIR / ".ci" / "run").read_text().strip().splitlines()
+    assert ci_lines[-1] in readme.splitlines()
+    for command in workflow_commands(TEMPLATE_DIR / ".github" / "workflows" / "ci.yml"):
+        if not command.startswith((".venv/bin/ruff", "python -m venv", ".venv/bin/python -m pip")):
+            assert command in readme, command
+
+
+def test_project_workflow_runs_its_readme_commands(bake: Bake) -> None:
+    project = bake()
+    readme = readme_commands(project / "README.md")
+    commands = workflow_commands(project / ".github" / "workflows" / "ci.yml")
+    assert commands == [
+        'pip install -e ".[dev]"',
+        "ruff check .",
+        "ruff format --check .",
+        "pytest",
+    ]
+    for command in commands:
+        assert command in readme, command
+
+
+@pytest.mark.slow
+def test_pre_commit_hooks_pass_on_a_fresh_bake(bake: Bake, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(bake(), project)
+    run("git", "init", "-q", cwd=project)
+    commit_all(project, "bake")
+    env = {"PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}
+    run(sys.executable, "-m", "pre_commit", "run", "--all-files", cwd=project, env=env)
+
+
+@pytest.mark.slow
+def test_cruft_update_brings_a_template_change_into_a_baked_project(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    tracked = run("git", "ls-files", cwd=TEMPLATE_DIR).splitlines()
+    for name in tracked:
+        (template / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(TEMPLATE_DIR / name, template / name)
+    run("git", "init", "-q", cwd=template)
+    commit_all(template, "template")
+
+    cruft = [sys.executable, "-m", "cruft"]
+    run(
+        *cruft,
+        "create",
+        "--no-input",
+        "--output-dir",
+        str(tmp_path / "out"),
+        str(template),
+        cwd=tmp_path,
+    )
+    project = tmp_path / "out" / "mnist-lab"
+    assert (project / ".cruft.json").is_file()
+    run("git", "init", "-q", cwd=project)
+    commit_all(project, "bake")
+
+    readme = next(template.glob("*cookiecutter.project_slug*")) / "README.md"
+    readme.write_text(readme.read_text() + "\nA line added by a later template release.\n")
+    commit_all(template, "template change")
+    run(*cruft, "update", "--skip-apply-ask", "--allow-untracked-files", cwd=project)
+    assert "A line added by a later template release." in (project / "README.md").read_text()
+    run(*cruft, "check", cwd=project)
