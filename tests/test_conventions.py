@@ -114,3 +114,19 @@ def test_cruft_update_brings_a_template_change_into_a_baked_project(tmp_path: Pa
     run(*cruft, "update", "--skip-apply-ask", "--allow-untracked-files", cwd=project)
     assert "A line added by a later template release." in (project / "README.md").read_text()
     run(*cruft, "check", cwd=project)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_pyproject_installs_with_pip_and_uv(bake: Bake, installer: str, tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", str(venv), cwd=tmp_path)
+    python = str(venv / "bin" / "python")
+    # --no-deps: this checks the project's own metadata and build, not the registry's wheels.
+    if installer == "pip":
+        command = [sys.executable, "-m", "pip", "--python", python, "install"]
+    else:
+        command = [str(Path(sys.executable).parent / "uv"), "pip", "install", "--python", python]
+    run(*command, "--no-deps", "-e", f"{bake()}[dev]", cwd=tmp_path)
+    scripts = {path.name for path in (venv / "bin").iterdir()}
+    assert {"mnist-lab-train", "mnist-lab-predict", "mnist-lab-export"} <= scripts
