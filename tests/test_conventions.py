@@ -127,6 +127,7 @@ def test_pyproject_installs_with_pip_and_uv(bake: Bake, installer: str, tmp_path
         command = [sys.executable, "-m", "pip", "--python", python, "install"]
     else:
         command = [str(Path(sys.executable).parent / "uv"), "pip", "install", "--python", python]
-    run(*command, "--no-deps", "-e", f"{bake()}[dev]", cwd=tmp_path)
+    project = shutil.copytree(bake(), tmp_path / "project")  # the build writes egg-info there
+    run(*command, "--no-deps", "-e", f"{project}[dev]", cwd=tmp_path)
     scripts = {path.name for path in (venv / "bin").iterdir()}
     assert {"mnist-lab-train", "mnist-lab-predict", "mnist-lab-export"} <= scripts
