@@ -31,7 +31,7 @@ def test_logger_records_a_fit(cookies, logger: str, tmp_path: Path) -> None:
     result = cookies.bake(extra_context={"logger": logger}, template=str(TEMPLATE_DIR))
     project = result.project_path
     data_dir = synthetic_mnist(project, tmp_path / "data")
-    run_in(
+    completed = run_in(
         project,
         "-m",
         "mnist_lab.train",
@@ -42,6 +42,8 @@ def test_logger_records_a_fit(cookies, logger: str, tmp_path: Path) -> None:
         env={"WANDB_MODE": "offline"},
     )
     assert list(project.glob(METRICS[logger])), f"no {METRICS[logger]}"
+    # Not a terminal: no progress bar, one line of metrics per epoch instead.
+    assert "epoch 1/1 " in completed.stdout and "val/acc=" in completed.stdout
     if logger in CONFIG:
         pattern, text = CONFIG[logger]
         [config] = project.glob(pattern)

@@ -152,3 +152,13 @@ def test_dockerfile_passes_hadolint(bake: Bake) -> None:
     completed = subprocess.run([hadolint, dockerfile], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "ENTRYPOINT" in dockerfile.read_text()
+
+
+def test_other_dataset_changes_only_the_datamodule(bake: Bake) -> None:
+    mnist, fashion = bake(), bake(dataset="fashion_mnist")
+    differ = {
+        name
+        for name in baked_files(mnist)
+        if (mnist / name).read_bytes() != (fashion / name).read_bytes()
+    }
+    assert differ == {"src/mnist_lab/data.py", "README.md"}
