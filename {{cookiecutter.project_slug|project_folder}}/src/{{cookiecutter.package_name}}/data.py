@@ -101,7 +101,7 @@ def load_image(path: Path) -> Tensor:
     try:
         image = decode_image(read_file(str(path)), mode=ImageReadMode.GRAY)
     except RuntimeError as error:
-        raise DatasetError(f"cannot read image {path}: {error}") from error
+        raise DatasetError(f"cannot read image {path}: not a PNG, JPEG or GIF file") from error
     if image.shape[-2:] != (28, 28):
         image = resize(image, [28, 28], antialias=True)
     return image
