@@ -95,7 +95,7 @@ def test_checkpoints_load_weights_only(trained: Run) -> None:
 
 def test_checkpoint_reload_gives_identical_outputs(trained: Run, mnist_dir: Path) -> None:
     images, _ = load_split(mnist_dir, train=False)
-    batch = (images.float() - 33.0) / 78.0
+    batch = (images.float() - MEAN) / STD
     reloaded = ImageClassifier.load_from_checkpoint(trained.best, map_location="cpu").eval()
     tested = trained.cli.model.cpu().eval()
     with torch.no_grad():
