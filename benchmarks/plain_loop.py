@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 def main(src: str, data_dir: str, epochs: int) -> None:
     sys.path.insert(0, src)
-    from mnist_lab.data import MEAN, STD, ImageDataModule
+    from mnist_lab.data import ImageDataModule
     from mnist_lab.hardware import default_precision, trainer_defaults
-    from mnist_lab.model import ImageClassifier
+    from mnist_lab.model import DATA_FACTS, ImageClassifier
 
     trainer_defaults()
     torch.manual_seed(42)
@@ -27,22 +27,23 @@ def main(src: str, data_dir: str, epochs: int) -> None:
     datamodule = ImageDataModule(data_dir=data_dir)
     datamodule.setup("fit")
     train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
-    model = ImageClassifier().to(device)
-    net = model.net
+    # The module's forward (normalization, then the network), without Lightning's loop.
+    model = ImageClassifier(**{fact: getattr(datamodule, fact) for fact in DATA_FACTS})
+    model.to(device)
     optimizer = torch.optim.AdamW(
-        net.parameters(), lr=model.hparams.lr, weight_decay=model.hparams.weight_decay
+        model.parameters(), lr=model.hparams.lr, weight_decay=model.hparams.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(train_loader))
     scaler = torch.amp.GradScaler(enabled=autocast_dtype == torch.float16)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
-        images = (images.to(device, non_blocking=True).float() - MEAN) / STD
+        images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return net(images)
+            return model(images)
 
     start = time.perf_counter()
     for _ in range(epochs):
-        net.train()
+        model.train()
         for images, labels in train_loader:
             loss = F.cross_entropy(forward(images), labels.to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
@@ -50,7 +51,7 @@ def main(src: str, data_dir: str, epochs: int) -> None:
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-        net.eval()
+        model.eval()
         correct = torch.zeros((), device=device)
         with torch.inference_mode():
             for images, labels in val_loader:

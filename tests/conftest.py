@@ -1,5 +1,6 @@
 """Shared helpers: bake the template once per option set, run commands in a baked project."""
 
+import json
 import os
 import subprocess
 import sys
@@ -52,13 +53,14 @@ def run_in(
     return completed
 
 
-def synthetic_mnist(project: Path, data_dir: Path) -> Path:
-    """Write synthetic IDX files with the baked project's own test helper, in a subprocess
-    so that bakes of the same package name never meet in this process."""
+def write_sample(project: Path, data_dir: Path) -> dict[str, object]:
+    """Write the baked data module's own test sample into ``data_dir`` and return the data
+    module's arguments that read it. Runs in a subprocess, so that bakes of the same package
+    name never meet in this process."""
+    package = next(path.name for path in (project / "src").iterdir() if path.is_dir())
     code = (
-        "import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
-        "from synthetic_mnist import write_synthetic_mnist; "
-        f"write_synthetic_mnist(Path({str(data_dir)!r}))"
+        "import json, sys; from pathlib import Path; "
+        f"from {package}.data import ImageDataModule; "
+        f"print(json.dumps(ImageDataModule.write_sample(Path({str(data_dir)!r}))))"
     )
-    run_in(project, "-c", code)
-    return data_dir
+    return json.loads(run_in(project, "-c", code).stdout.strip().splitlines()[-1])

@@ -3,18 +3,18 @@
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE_DIR, run_in, synthetic_mnist
+from conftest import TEMPLATE_DIR, run_in, write_sample
 
 # A file that proves the logger recorded the fit, relative to the project.
 METRICS = {
-    "tensorboard": "logs/mnist/version_0/events.out.tfevents.*",
-    "csv": "logs/mnist/version_0/metrics.csv",
+    "tensorboard": "logs/mnist-lab/version_0/events.out.tfevents.*",
+    "csv": "logs/mnist-lab/version_0/metrics.csv",
     "wandb": "logs/wandb/offline-run-*/run-*.wandb",
     "mlflow": "logs/mlruns/*/*/metrics/val/acc",
 }
 # Where the resolved config lands, and a text it must hold (W&B's offline log is binary).
 CONFIG = {
-    "csv": ("logs/mnist/version_0/hparams.yaml", "max_epochs"),
+    "csv": ("logs/mnist-lab/version_0/hparams.yaml", "max_epochs"),
     "wandb": ("logs/wandb/offline-run-*/run-*.wandb", "max_epochs"),
     "mlflow": ("logs/mlruns/*/*/params/config/trainer/max_epochs", "1"),
 }
@@ -30,13 +30,14 @@ IMAGES = {
 def test_logger_records_a_fit(cookies, logger: str, tmp_path: Path) -> None:
     result = cookies.bake(extra_context={"logger": logger}, template=str(TEMPLATE_DIR))
     project = result.project_path
-    data_dir = synthetic_mnist(project, tmp_path / "data")
+    data_args = write_sample(project, tmp_path / "data")
     completed = run_in(
         project,
         "-m",
         "mnist_lab.train",
-        f"--data.data_dir={data_dir}",
-        "--data.val_size=128",
+        "--config",
+        "configs/default.yaml",
+        *(f"--data.{name}={value}" for name, value in data_args.items()),
         "--trainer.max_epochs=1",
         "--trainer.devices=1",
         env={"WANDB_MODE": "offline"},

@@ -16,8 +16,15 @@ CHOICES = {
     if isinstance(value, list)
 }
 
-# Each choice value once, the other answers at their defaults.
-OPTION_SETS = [{}] + [{key: value} for key, values in CHOICES.items() for value in values[1:]]
+# A package name as long as the hooks allow: the bake must still lint clean, whatever wraps.
+LONG_PACKAGE = "abcdefghij_klmnopqrst_uvwxyz_abcdefghijk"
+
+# Each choice value once, the other answers at their defaults, and the longest package name.
+OPTION_SETS = [
+    {},
+    *({key: value} for key, values in CHOICES.items() for value in values[1:]),
+    {"package_name": LONG_PACKAGE},
+]
 
 COMMON_FILES = {
     ".gitignore",
@@ -26,26 +33,32 @@ COMMON_FILES = {
     "configs/default.yaml",
     "pyproject.toml",
     "scripts/slurm.sbatch",
-    "src/mnist_lab/__init__.py",
-    "src/mnist_lab/callbacks.py",
-    "src/mnist_lab/data.py",
-    "src/mnist_lab/export.py",
-    "src/mnist_lab/hardware.py",
-    "src/mnist_lab/model.py",
-    "src/mnist_lab/nets.py",
-    "src/mnist_lab/predict.py",
-    "src/mnist_lab/report.py",
-    "src/mnist_lab/train.py",
     "tests/conftest.py",
     "tests/helper_callbacks.py",
-    "tests/synthetic_mnist.py",
     "tests/test_config.py",
     "tests/test_data.py",
     "tests/test_ddp.py",
+    "tests/test_idx_files.py",
     "tests/test_nets.py",
     "tests/test_resume.py",
     "tests/test_robustness.py",
+    "tests/test_run_options.py",
     "tests/test_train_predict.py",
+}
+
+PACKAGE_FILES = {
+    "__init__.py",
+    "callbacks.py",
+    "data.py",
+    "errors.py",
+    "export.py",
+    "hardware.py",
+    "images.py",
+    "model.py",
+    "nets.py",
+    "predict.py",
+    "report.py",
+    "train.py",
 }
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -59,7 +72,8 @@ def answers_of(options: dict[str, str]) -> dict[str, str]:
 
 def expected_files(options: dict[str, str]) -> set[str]:
     answers = answers_of(options)
-    files = set(COMMON_FILES)
+    package = options.get("package_name", "mnist_lab")
+    files = COMMON_FILES | {f"src/{package}/{name}" for name in PACKAGE_FILES}
     if answers["license"] != "none":
         files.add("LICENSE")
     if answers["ci"] == "github":
@@ -122,16 +136,18 @@ def test_config_files_parse_and_follow_the_answers(baked: tuple[dict[str, str], 
         assert any(step.get("run") == "pytest" for step in steps)
 
 
-def test_network_code_follows_the_model_option(baked: tuple[dict[str, str], Path]) -> None:
-    options, project = baked
-    nets = (project / "src/mnist_lab/nets.py").read_text()
-    config = yaml.safe_load((project / "configs/default.yaml").read_text())
-    if answers_of(options)["model"] == "cnn":
-        assert "class ConvNet" in nets and "class MLP" not in nets
-        assert set(config["model"]) == {"channels", "dropout", "lr", "weight_decay"}
-    else:
-        assert "class MLP" in nets and "class ConvNet" not in nets
-        assert set(config["model"]) == {"hidden_dim", "lr", "weight_decay"}
+def test_model_option_only_sets_the_configured_network(bake: Bake) -> None:
+    networks = {"cnn": ("ConvNet", {"width", "dropout"}), "mlp": ("MLP", {"hidden_dim"})}
+    for model, (class_name, settings) in networks.items():
+        project = bake(model=model)
+        net = yaml.safe_load((project / "configs/default.yaml").read_text())["model"]["net"]
+        assert net["class_path"] == f"mnist_lab.nets.{class_name}"
+        assert set(net["init_args"]) == settings
+    cnn, mlp = bake(model="cnn"), bake(model="mlp")
+    differ = {
+        name for name in baked_files(cnn) if (cnn / name).read_bytes() != (mlp / name).read_bytes()
+    }
+    assert differ == {"configs/default.yaml", "README.md"}
 
 
 def test_license_file_matches_the_choice(bake: Bake) -> None:
@@ -152,6 +168,18 @@ def test_dockerfile_passes_hadolint(bake: Bake) -> None:
     completed = subprocess.run([hadolint, dockerfile], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "ENTRYPOINT" in dockerfile.read_text()
+
+
+def test_logger_option_only_sets_the_configured_logger(bake: Bake) -> None:
+    default, other = bake(), bake(logger="csv")
+    differ = {
+        name
+        for name in baked_files(default)
+        if (default / name).read_bytes() != (other / name).read_bytes()
+    }
+    assert differ == {"configs/default.yaml", "pyproject.toml", "README.md"}
+    logger = yaml.safe_load((other / "configs/default.yaml").read_text())["trainer"]["logger"]
+    assert logger["class_path"] == "pytorch_lightning.loggers.CSVLogger"
 
 
 def test_other_dataset_changes_only_the_datamodule(bake: Bake) -> None:

@@ -52,3 +52,10 @@ class PoisonWeights(pl.Callback):
         if trainer.global_step == self.step:
             for parameter in pl_module.parameters():
                 parameter.data.fill_(math.nan)
+
+
+class FailAtTrainStart(pl.Callback):
+    """Raise as training starts, as a bug in a user's code would."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        raise RuntimeError("failing on purpose")

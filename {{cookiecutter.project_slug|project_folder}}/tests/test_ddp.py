@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -23,16 +24,13 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_ddp_fit_test_and_predict(
-    mnist_dir: Path, tmp_path: Path, child_env: dict[str, str]
+    data_args: dict[str, Any], data_flags: list[str], tmp_path: Path, child_env: dict[str, str]
 ) -> None:
     subprocess.run(
         [
-            *[sys.executable, "-m", "{{ cookiecutter.package_name }}.train"],
+            *[sys.executable, "-m", "{{ cookiecutter.package_name }}.train", *data_flags],
             *[f"--trainer.{flag[2:]}" for flag in TWO_CPU_PROCESSES],
             "--trainer.strategy=ddp",
-            f"--data.data_dir={mnist_dir}",
-            "--data.val_size=128",
-            "--data.batch_size=32",
             "--trainer.max_epochs=2",
             "--trainer.enable_progress_bar=false",
         ],
@@ -49,22 +47,23 @@ def test_ddp_fit_test_and_predict(
     # One process over the whole test split must see what the two ranks reported together.
     single = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     model = ImageClassifier.load_from_checkpoint(best, map_location="cpu")
-    [expected] = single.test(model, datamodule=ImageDataModule(data_dir=str(mnist_dir)))
+    [expected] = single.test(model, datamodule=ImageDataModule(**data_args))
     for name in ("test/loss", "test/acc", "test/f1"):
         assert summary[name] == pytest.approx(expected[name], abs=1e-5), name
 
     subprocess.run(
         [
-            *[sys.executable, "-m", "{{ cookiecutter.package_name }}.predict", *TWO_CPU_PROCESSES],
-            *[f"--ckpt_path={best}", f"--input={mnist_dir}", f"--output={tmp_path / 'ddp.csv'}"],
+            *[sys.executable, "-m", "{{ cookiecutter.package_name }}.predict"],
+            *TWO_CPU_PROCESSES,
+            *[f"--ckpt_path={best}", f"--output={tmp_path / 'ddp.csv'}"],
         ],
         cwd=tmp_path,
         env=child_env,
         check=True,
         timeout=120,
     )
-    single_rows = read_rows(predict(best, mnist_dir, tmp_path / "single.csv", accelerator="cpu"))
+    single_rows = read_rows(predict(best, None, tmp_path / "single.csv", accelerator="cpu"))
     ddp_rows = read_rows(tmp_path / "ddp.csv")
-    assert [row["source"] for row in ddp_rows] == [f"test/{i}" for i in range(128)]
-    assert [row["predicted"] for row in ddp_rows] == [row["predicted"] for row in single_rows]
+    assert [row["source"] for row in ddp_rows] == [f"test/{i}" for i in range(len(single_rows))]
+    assert [row["class_index"] for row in ddp_rows] == [row["class_index"] for row in single_rows]
     assert sorted(path.name for path in tmp_path.glob("*.csv*")) == ["ddp.csv", "single.csv"]

@@ -1,17 +1,20 @@
+import pytest
 import torch
 
-{% if cookiecutter.model == "cnn" -%}
-from {{ cookiecutter.package_name }}.nets import ConvNet
+from {{ cookiecutter.package_name }} import nets
+
+SHAPES = [(1, 10, (28, 28)), (3, 4, (20, 20)), (3, 2, (8, 8)), (2, 5, (64, 48))]
 
 
-def test_convnet_maps_images_to_class_logits() -> None:
-    net = ConvNet(channels=8, num_classes=10)
-    assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
-{%- else -%}
-from {{ cookiecutter.package_name }}.nets import MLP
+@pytest.mark.parametrize("net_class", [nets.ConvNet, nets.MLP])
+@pytest.mark.parametrize(("channels", "classes", "size"), SHAPES)
+def test_networks_map_any_image_shape_to_class_logits(
+    net_class: type, channels: int, classes: int, size: tuple[int, int]
+) -> None:
+    net = net_class(channels, classes, size)
+    assert net(torch.randn(3, channels, *size)).shape == (3, classes)
 
 
-def test_mlp_maps_images_to_class_logits() -> None:
-    net = MLP(hidden_dim=16, num_classes=10)
-    assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
-{%- endif %}
+def test_convnet_refuses_images_too_small_to_pool_three_times() -> None:
+    with pytest.raises(ValueError, match="at least 8x8 pixels, not 7x9"):
+        nets.ConvNet(1, 10, (7, 9))

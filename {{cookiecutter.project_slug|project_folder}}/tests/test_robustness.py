@@ -1,41 +1,23 @@
-"""Seeded fits reproduce exactly, and a diverging fit stops without saving the broken model."""
+"""Seeded fits reproduce exactly; a diverging fit stops without saving the broken model; a
+fit that fails before its first step leaves nothing that looks resumable."""
 
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import Fit
 from helper_callbacks import EpochMetrics
 
-from {{ cookiecutter.package_name }}.callbacks import NonFiniteLossError
-from {{ cookiecutter.package_name }}.train import TrainCLI, train
+from {{ cookiecutter.package_name }}.errors import NonFiniteLossError
 
 
-def short_fit(mnist_dir: Path, workdir: Path, *extra: str) -> TrainCLI:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        return train(
-            [
-                f"--data.data_dir={mnist_dir}",
-                "--data.val_size=128",
-                "--data.batch_size=32",
-                "--trainer.max_epochs=2",
-                "--trainer.accelerator=cpu",
-                "--trainer.devices=1",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.enable_model_summary=false",
-                *extra,
-            ]
-        )
-
-
-def test_same_seed_and_deterministic_give_identical_epochs(mnist_dir: Path, tmp_path: Path) -> None:
+def test_same_seed_and_deterministic_give_identical_epochs(fit: Fit, tmp_path: Path) -> None:
     record = json.dumps([{"class_path": "helper_callbacks.EpochMetrics"}])
     runs = []
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
-        cli = short_fit(
-            mnist_dir,
+        cli = fit(
             tmp_path / name,
             "--trainer.deterministic=true",
             "--seed_everything=7",
@@ -50,15 +32,29 @@ def test_same_seed_and_deterministic_give_identical_epochs(mnist_dir: Path, tmp_
 
 
 def test_non_finite_loss_stops_the_fit_and_saves_no_broken_checkpoint(
-    mnist_dir: Path, tmp_path: Path
+    fit: Fit, tmp_path: Path, steps_per_epoch: int
 ) -> None:
-    poison = {"class_path": "helper_callbacks.PoisonWeights", "init_args": {"step": 20}}
-    with pytest.raises(NonFiniteLossError, match="the training loss became nan at step 20"):
-        short_fit(mnist_dir, tmp_path, f"--trainer.callbacks={json.dumps([poison])}")
+    step = steps_per_epoch + 4
+    poison = {"class_path": "helper_callbacks.PoisonWeights", "init_args": {"step": step}}
+    with pytest.raises(NonFiniteLossError, match=f"the training loss became nan at step {step}"):
+        fit(tmp_path, f"--trainer.callbacks={json.dumps([poison])}")
     checkpoints = sorted(tmp_path.glob("logs/**/*.ckpt"))
     assert {path.name for path in checkpoints} >= {"last.ckpt"}
     assert any(path.name.startswith("epoch00-") for path in checkpoints)
     for path in checkpoints:
-        checkpoint = torch.load(path, map_location="cpu")
-        assert checkpoint["global_step"] == 16, f"{path.name} was saved after the loss diverged"
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        assert checkpoint["global_step"] == steps_per_epoch, (
+            f"{path.name} was saved after the loss diverged"
+        )
         assert all(weights.isfinite().all() for weights in checkpoint["state_dict"].values())
+
+
+def test_failure_before_the_first_step_leaves_no_checkpoint(
+    fit: Fit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fail = {"class_path": "helper_callbacks.FailAtTrainStart"}
+    with pytest.raises(RuntimeError, match="failing on purpose"):
+        fit(tmp_path, f"--trainer.callbacks={json.dumps([fail])}")
+    assert not list(tmp_path.glob("logs/**/*.ckpt"))
+    captured = capsys.readouterr()
+    assert "resume" not in captured.out + captured.err

@@ -1,4 +1,4 @@
-"""A short real fit on synthetic data, then predictions from its checkpoint."""
+"""A short real fit on the data module's sample, then predictions and exports of its checkpoint."""
 
 import csv
 import json
@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Fit
 from torchvision.io import decode_png, read_file, write_png
 
-from {{ cookiecutter.package_name }}.data import MEAN, STD, load_split
+from {{ cookiecutter.package_name }}.data import ImageDataModule
+from {{ cookiecutter.package_name }}.errors import CheckpointError
 from {{ cookiecutter.package_name }}.export import export
 from {{ cookiecutter.package_name }}.model import ImageClassifier
-from {{ cookiecutter.package_name }}.predict import CheckpointError, load_classifier, main, predict
-from {{ cookiecutter.package_name }}.train import TrainCLI, train
+from {{ cookiecutter.package_name }}.predict import load_classifier, main, predict
+from {{ cookiecutter.package_name }}.train import TrainCLI
 
 
 @dataclass
@@ -31,24 +33,24 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def trained(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+def trained(fit: Fit, tmp_path_factory: pytest.TempPathFactory) -> Run:
     workdir = tmp_path_factory.mktemp("run")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        cli = train(
-            [
-                f"--data.data_dir={mnist_dir}",
-                "--data.val_size=128",
-                "--data.batch_size=64",
-                "--trainer.max_epochs=2",
-                "--trainer.accelerator=cpu",
-                "--trainer.devices=1",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.enable_model_summary=false",
-                "--trainer.log_every_n_steps=1",
-            ]
-        )
-    return Run(cli, workdir)
+    return Run(fit(workdir, "--trainer.log_every_n_steps=1"), workdir)
+
+
+@pytest.fixture(scope="module")
+def test_batch(trained: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole test split as one batch of uint8 images and labels."""
+    datamodule = trained.cli.datamodule
+    datamodule.setup("test")
+    pairs = list(datamodule.test_dataloader())
+    return torch.cat([images for images, _ in pairs]), torch.cat([labels for _, labels in pairs])
+
+
+def probabilities(checkpoint: Path, images: torch.Tensor) -> torch.Tensor:
+    model = load_classifier(checkpoint).eval()
+    with torch.no_grad():
+        return model(images).softmax(dim=1)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -61,10 +63,18 @@ def test_fit_writes_checkpoints_config_and_test_metrics(trained: Run) -> None:
     assert (trained.log_dir / "config.yaml").is_file()
     summary = json.loads((trained.log_dir / "test_metrics.json").read_text())
     assert trained.workdir / summary["best_checkpoint"] == trained.best
-    assert summary["test/acc"] > 0.9, "the synthetic digits are easy: the fit did not learn"
+    assert summary["test/acc"] > 0.9, "the sample is easy to learn: the fit did not learn"
     assert summary["test/f1"] == pytest.approx(summary["test/acc"], abs=0.1)
     versions = json.loads((trained.log_dir / "versions.json").read_text())
     assert torch.__version__.startswith(versions["torch"]) and versions["lightning-template"]
+
+
+def test_checkpoint_keeps_the_data_facts(trained: Run) -> None:
+    hparams = torch.load(trained.best, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert list(hparams["class_names"]) == list(ImageDataModule.class_names)
+    assert hparams["channels"] == ImageDataModule.channels
+    assert list(hparams["image_size"]) == list(ImageDataModule.image_size)
+    assert list(hparams["mean"]) == pytest.approx(list(ImageDataModule.mean))
 
 
 def test_test_report_pictures_decode(trained: Run) -> None:
@@ -73,14 +83,14 @@ def test_test_report_pictures_decode(trained: Run) -> None:
         assert image.shape[-2:] == (600, 600), name
 
 
-def test_exports_match_the_model(trained: Run, mnist_dir: Path, tmp_path: Path) -> None:
+def test_exports_match_the_model(trained: Run, test_batch: tuple, tmp_path: Path) -> None:
     onnxruntime = pytest.importorskip("onnxruntime", reason="pip install -e .[export]")
-    images, _ = load_split(mnist_dir, train=False)
-    batch = (images[:16].float() - MEAN) / STD
+    batch = test_batch[0][:16].float()
     model = load_classifier(trained.best).eval()
     with torch.no_grad():
         expected = model(batch)
-    session = onnxruntime.InferenceSession(str(export(trained.best, "onnx", tmp_path / "m.onnx")))
+    onnx_file = export(trained.best, "onnx", tmp_path / "m.onnx")
+    session = onnxruntime.InferenceSession(str(onnx_file))
     [logits] = session.run(None, {"images": batch.numpy()})
     assert torch.allclose(torch.from_numpy(logits), expected, atol=1e-4)
     scripted = torch.jit.load(str(export(trained.best, "torchscript", tmp_path / "m.pt")))
@@ -93,46 +103,70 @@ def test_checkpoints_load_weights_only(trained: Run) -> None:
         assert checkpoint["hyper_parameters"] == dict(trained.cli.model.hparams)
 
 
-def test_checkpoint_reload_gives_identical_outputs(trained: Run, mnist_dir: Path) -> None:
-    images, _ = load_split(mnist_dir, train=False)
-    batch = (images.float() - MEAN) / STD
+def test_checkpoint_reload_gives_identical_outputs(trained: Run, test_batch: tuple) -> None:
+    images, _ = test_batch
     reloaded = ImageClassifier.load_from_checkpoint(trained.best, map_location="cpu").eval()
     tested = trained.cli.model.cpu().eval()
     with torch.no_grad():
-        assert torch.equal(reloaded(batch), tested(batch))
+        assert torch.equal(reloaded(images), tested(images))
 
 
 def test_predict_test_split_matches_the_model(
-    trained: Run, mnist_dir: Path, tmp_path: Path
+    trained: Run, test_batch: tuple, tmp_path: Path
 ) -> None:
-    output = predict(trained.best, mnist_dir, tmp_path / "out" / "test.csv", accelerator="cpu")
+    output = predict(trained.best, None, tmp_path / "out" / "test.csv", accelerator="cpu")
     rows = read_rows(output)
-    assert [row["source"] for row in rows] == [f"test/{i}" for i in range(128)]
-    datamodule = trained.cli.datamodule
-    datamodule.setup("test")
-    test_set = datamodule.datasets["test"]
-    images, labels = test_set.images, test_set.targets
-    model = load_classifier(trained.best).eval()
-    with torch.no_grad():
-        probabilities = model(datamodule.on_after_batch_transfer((images, labels), 0)[0]).softmax(1)
-    assert [int(row["predicted"]) for row in rows] == probabilities.argmax(1).tolist()
+    images, _ = test_batch
+    assert [row["source"] for row in rows] == [f"test/{i}" for i in range(len(images))]
+    expected = probabilities(trained.best, images)
+    assert [int(row["class_index"]) for row in rows] == expected.argmax(1).tolist()
+    names = ImageDataModule.class_names
+    assert [row["class_name"] for row in rows] == [names[i] for i in expected.argmax(1)]
     confidences = torch.tensor([float(row["confidence"]) for row in rows])
-    assert torch.allclose(confidences, probabilities.max(1).values, atol=1e-5)
-    assert not (tmp_path / "out" / "test.csv.partial").exists()
+    assert torch.allclose(confidences, expected.max(1).values, atol=1e-5)
+    assert sorted(path.name for path in output.parent.iterdir()) == ["test.csv"]
 
 
-def test_predict_image_folder_writes_one_row_per_image(trained: Run, tmp_path: Path) -> None:
-    images = tmp_path / "images"
-    images.mkdir()
-    for digit in (3, 7):
-        picture = torch.zeros(1, 28, 28, dtype=torch.uint8)
-        picture[0, 2 + 2 * digit : 4 + 2 * digit, 4:24] = 255
-        write_png(picture, str(images / f"digit{digit}.png"))
+def test_predict_on_image_files_matches_the_model(
+    trained: Run, test_batch: tuple, tmp_path: Path
+) -> None:
+    images, _ = test_batch
+    assert images.shape[1] in (1, 3), "PNG files hold one or three channels"
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    paths = [folder / "a.png", folder / "b.png", folder / "nested" / "c.png"]
+    for image, path in zip(images, paths, strict=False):
+        write_png(image, str(path))
+    (folder / "notes.txt").write_text("not an image")
     output = tmp_path / "predictions.csv"
-    main(["--ckpt_path", str(trained.best), "--input", str(images), "--output", str(output)])
+    main(["--ckpt_path", str(trained.best), "--input", str(folder), "--output", str(output)])
     rows = read_rows(output)
-    assert [Path(row["source"]).name for row in rows] == ["digit3.png", "digit7.png"]
-    assert [row["predicted"] for row in rows] == ["3", "7"]
+    assert [row["source"] for row in rows] == [str(path) for path in paths]
+    expected = probabilities(trained.best, images[: len(paths)])
+    assert [int(row["class_index"]) for row in rows] == expected.argmax(1).tolist()
+    confidences = torch.tensor([float(row["confidence"]) for row in rows])
+    assert torch.allclose(confidences, expected.max(1).values, atol=1e-5)
+
+
+def test_predict_converts_images_to_the_checkpoint_shape(trained: Run, tmp_path: Path) -> None:
+    channels, (height, width) = ImageDataModule.channels, ImageDataModule.image_size
+    other = 3 if channels == 1 else 1
+    write_png(
+        torch.full((other, 2 * height + 1, width), 90, dtype=torch.uint8), str(tmp_path / "x.png")
+    )
+    output = tmp_path / "one.csv"
+    main(
+        [
+            "--ckpt_path",
+            str(trained.best),
+            "--input",
+            str(tmp_path / "x.png"),
+            "--output",
+            str(output),
+        ]
+    )
+    [row] = read_rows(output)
+    assert row["class_name"] in ImageDataModule.class_names
 
 
 def test_predict_refuses_bad_checkpoints(tmp_path: Path) -> None:
@@ -148,7 +182,24 @@ def test_predict_refuses_bad_checkpoints(tmp_path: Path) -> None:
         load_classifier(foreign)
 
 
-def test_predict_cli_reports_errors_in_one_line(tmp_path: Path) -> None:
+def test_predict_refuses_a_network_from_outside_nets(trained: Run, tmp_path: Path) -> None:
+    checkpoint = torch.load(trained.best, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["net"] = {"class_path": "torch.nn.Identity", "init_args": {}}
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, crafted)
+    with pytest.raises(CheckpointError, match=r"names the network 'torch\.nn\.Identity'"):
+        load_classifier(crafted)
+
+
+def test_predict_errors_are_one_line_and_leave_no_files(trained: Run, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--ckpt_path", str(tmp_path / "none.ckpt"), "--input", str(tmp_path)])
     assert exit_info.value.code == f"error: checkpoint {tmp_path / 'none.ckpt'} does not exist"
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    output = tmp_path / "out" / "p.csv"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--ckpt_path", str(trained.best), "--input", str(tmp_path), "--output", str(output)])
+    assert str(exit_info.value.code).startswith(
+        f"error: cannot read image {tmp_path / 'broken.png'}"
+    )
+    assert not list(output.parent.glob("*")), "a failed prediction left files behind"

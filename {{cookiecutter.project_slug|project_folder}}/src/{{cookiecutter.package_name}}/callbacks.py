@@ -11,20 +11,27 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
 from pytorch_lightning.cli import SaveConfigCallback
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import TEMPLATE_VERSION
+from .errors import NonFiniteLossError
 
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "jsonargparse")
 
 
 class PredictionCSVWriter(BasePredictionWriter):
-    """Write one CSV row per input, in input order: source, predicted class, confidence.
+    """Write one CSV row per input, in input order: source, class index and name, confidence.
 
-    Each process writes its share to a part file; when prediction ends, rank 0 merges them
-    by input index (dropping the repeats a distributed sampler pads with) into ``output``.
-    Nothing is written under the name ``output`` until the file is complete.
+    The source is the file an image came from, or ``test/<index>`` for the data module's test
+    split. Each process writes its share to a part file; when prediction ends, rank 0 merges
+    them by input index (dropping the repeats a distributed sampler pads with) into
+    ``output``. Nothing is written under the name ``output`` until the file is complete, and
+    a failed prediction leaves no part file behind.
     """
+
+    COLUMNS = ("source", "class_index", "class_name", "confidence")
 
     def __init__(self, output: str | Path) -> None:
         super().__init__(write_interval="batch")
@@ -35,6 +42,7 @@ class PredictionCSVWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output.parent.mkdir(parents=True, exist_ok=True)
+        self.class_names = pl_module.hparams.class_names
         self._file = self._part(trainer.global_rank).open("w", newline="")
         self._writer = csv.writer(self._file)
 
@@ -48,14 +56,20 @@ class PredictionCSVWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        _, targets = batch
+        # Data-set splits come with labels, and are named by index; image files by their paths.
+        sources = [f"test/{i}" for i in batch_indices] if torch.is_tensor(targets) else targets
         rows = zip(
             batch_indices,
-            prediction["source"],
-            prediction["predicted"].tolist(),
+            sources,
+            prediction["class_index"].tolist(),
             prediction["confidence"].tolist(),
             strict=True,
         )
-        self._writer.writerows((i, source, label, f"{conf:.6f}") for i, source, label, conf in rows)
+        self._writer.writerows(
+            (i, source, index, self.class_names[index], f"{confidence:.6f}")
+            for i, source, index, confidence in rows
+        )
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._file.close()
@@ -63,6 +77,14 @@ class PredictionCSVWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             self._merge_parts(trainer.world_size)
         trainer.strategy.barrier()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if hasattr(self, "_file"):
+            self._file.close()
+        for part in self.output.parent.glob(f"{self.output.name}.*partial"):
+            part.unlink(missing_ok=True)
 
     def _merge_parts(self, world_size: int) -> None:
         rows: dict[int, list[str]] = {}
@@ -73,13 +95,9 @@ class PredictionCSVWriter(BasePredictionWriter):
         merged = self.output.with_name(self.output.name + ".partial")
         with merged.open("w", newline="") as file:
             writer = csv.writer(file)
-            writer.writerow(["source", "predicted", "confidence"])
+            writer.writerow(self.COLUMNS)
             writer.writerows(rows[index] for index in sorted(rows))
         merged.replace(self.output)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
 
 
 class StopOnNonFiniteLoss(pl.Callback):
@@ -98,10 +116,11 @@ class StopOnNonFiniteLoss(pl.Callback):
 class LastCheckpoint(ModelCheckpoint):
     """Keep ``checkpoints/last.ckpt`` at the latest epoch end, or where a fit was interrupted.
 
-    Ctrl-C, SIGTERM from a scheduler or a crash leave a mid-epoch ``last.ckpt`` to resume
-    from with ``--ckpt_path``; a diverged loss does not, since it is not worth resuming.
-    (A separate callback because ``save_last`` of the best-model checkpoint only refreshes
-    ``last.ckpt`` in epochs that also improve the best model.)
+    Ctrl-C or SIGTERM from a scheduler during training leave a mid-epoch ``last.ckpt`` to
+    resume from with ``--ckpt_path``. Errors do not: a crash, a bad argument or a diverged
+    loss leaves the last epoch's checkpoint (or none before the first step), since there is
+    nothing new worth resuming. (A separate callback because ``save_last`` of the best-model
+    checkpoint only refreshes ``last.ckpt`` in epochs that also improve the best model.)
     """
 
     def __init__(self) -> None:
@@ -110,7 +129,9 @@ class LastCheckpoint(ModelCheckpoint):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, NonFiniteLossError) or trainer.sanity_checking or not self.dirpath:
+        interrupted = isinstance(exception, KeyboardInterrupt | SIGTERMException)
+        training = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if not (interrupted and training and trainer.global_step > 0 and self.dirpath):
             return
         path = Path(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
         trainer.save_checkpoint(path)

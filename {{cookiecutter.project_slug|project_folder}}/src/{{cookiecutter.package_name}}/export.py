@@ -1,8 +1,8 @@
 """Export entry point: a checkpoint to ONNX or TorchScript for serving without Lightning.
 
-The exported model takes what the DataModule feeds the network: float images of shape
-(N, 1, 28, 28), normalized as ``(pixels - MEAN) / STD`` with MEAN and STD from data.py, and
-returns the 10 class logits.
+The exported model takes images as float pixel values on the 0-255 scale, of the shape the
+model was trained on, (N, channels, height, width) from the checkpoint, normalizes them
+itself, and returns one logit per class (class names: the checkpoint's ``class_names``).
 """
 
 import argparse
@@ -11,15 +11,16 @@ from pathlib import Path
 
 import torch
 
-from .predict import CheckpointError, load_classifier
+from .errors import UserError
+from .predict import load_classifier
 
 FORMATS = ("onnx", "torchscript")
 
 
 def export(ckpt_path: Path, export_format: str, output: Path) -> Path:
-    """Write the checkpoint's network to ``output`` in ``export_format``; return ``output``."""
+    """Write the checkpoint's model to ``output`` in ``export_format``; return ``output``."""
     model = load_classifier(ckpt_path).eval()
-    example = torch.randn(2, 1, 28, 28)
+    example = torch.rand(2, *model.input_shape) * 255
     output.parent.mkdir(parents=True, exist_ok=True)
     if export_format == "onnx":
         model.to_onnx(
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         output = export(args.ckpt_path, args.format, args.output)
-    except CheckpointError as error:
+    except UserError as error:
         sys.exit(f"error: {error}")
     print(f"wrote {output}")
 

@@ -1,62 +1,70 @@
 """The LightningModule: loss, metrics, optimizer and the train/val/test/predict steps."""
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-{% if cookiecutter.model == "cnn" -%}
+from .errors import CheckpointError
 from .nets import ConvNet
-{%- else -%}
-from .nets import MLP
-{%- endif %}
 
-NUM_CLASSES = 10
+# Builds a network from (in_channels, num_classes, image_size); in a config, a class path of
+# nets.py with its own init args, e.g. `net: {class_path: ...nets.MLP, init_args: {...}}`.
+NetFactory = Callable[[int, int, tuple[int, int]], nn.Module]
+
+# What the data module tells the model about its data (linked by train.py, kept in checkpoints).
+DATA_FACTS = ("class_names", "channels", "image_size", "mean", "std")
 
 
 class ImageClassifier(pl.LightningModule):
-    """Classifies 28x28 digits.
+    """Classifies images into the data module's classes.
 
-    Hyperparameters are plain numbers, so checkpoints load with weights-only loading.
+    Takes images as pixel values (uint8, or floats on the same 0-255 scale) and normalizes
+    them itself, so exported and served models need no constants beside them. Every
+    hyperparameter is a plain value, so checkpoints load with torch's weights-only loading.
     """
 
     def __init__(
         self,
-{%- if cookiecutter.model == "cnn" %}
-        channels: int = 16,
-        dropout: float = 0.25,
-{%- else %}
-        hidden_dim: int = 128,
-{%- endif %}
+        class_names: Sequence[str],
+        channels: int,
+        image_size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        net: NetFactory = ConvNet,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
     ) -> None:
         """
         Args:
-{%- if cookiecutter.model == "cnn" %}
-            channels: Channels of the first convolution; each later one doubles them.
-            dropout: Dropout before the classifier.
-{%- else %}
-            hidden_dim: Width of the hidden layer.
-{%- endif %}
+            class_names: Names of the classes, in label order (from the data module).
+            channels: Channels of the input images (from the data module).
+            image_size: Height and width of the input images (from the data module).
+            mean: Per-channel pixel mean of the training images, 0-255 scale (from the data module).
+            std: Per-channel pixel standard deviation, 0-255 scale (from the data module).
+            net: The network: a class of nets.py and its own settings.
             lr: Peak learning rate of AdamW, annealed to zero along a cosine.
             weight_decay: AdamW's decoupled weight decay.
         """
         super().__init__()
         self.save_hyperparameters()
-{%- if cookiecutter.model == "cnn" %}
-        self.net = ConvNet(channels=channels, dropout=dropout, num_classes=NUM_CLASSES)
+        if not len(mean) == len(std) == channels:
+            raise ValueError(f"mean and std need one value per channel ({channels}): {mean}, {std}")
+        self.input_shape = (channels, *image_size)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.net = net(channels, len(class_names), tuple(image_size))
         # NHWC weights let cuDNN and oneDNN pick their faster convolution kernels.
         self.net.to(memory_format=torch.channels_last)
-{%- else %}
-        self.net = MLP(hidden_dim=hidden_dim, num_classes=NUM_CLASSES)
-{%- endif %}
         metrics = MetricCollection(
             {
-                "acc": MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro"),
-                "f1": MulticlassF1Score(num_classes=NUM_CLASSES, average="macro"),
+                "acc": MulticlassAccuracy(num_classes=len(class_names), average="micro"),
+                "f1": MulticlassF1Score(num_classes=len(class_names), average="macro"),
             }
         )
         self.train_metrics = metrics.clone(prefix="train/")
@@ -64,7 +72,13 @@ class ImageClassifier(pl.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
+        """Class logits for a batch of images of shape (N, channels, height, width)."""
+        if tuple(images.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"expected images of shape (N, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(images.shape)}"
+            )
+        return self.net((images.float() - self.pixel_mean) / self.pixel_std)
 
     def _step(
         self, batch: tuple[Tensor, Tensor], metrics: MetricCollection
@@ -80,6 +94,10 @@ class ImageClassifier(pl.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        # Logged here rather than by LearningRateMonitor, which fails when no logger is set.
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, _ = self._step(batch, self.val_metrics)
         self.log("val/loss", loss, sync_dist=True)
@@ -91,10 +109,10 @@ class ImageClassifier(pl.LightningModule):
         self.log_dict(self.test_metrics)
         return logits  # for callbacks that look at the predictions, such as TestReport
 
-    def predict_step(self, batch: tuple[Tensor, list[str]], batch_idx: int) -> dict:
-        images, sources = batch
-        confidence, predicted = self(images).float().softmax(dim=1).max(dim=1)
-        return {"source": sources, "predicted": predicted.cpu(), "confidence": confidence.cpu()}
+    def predict_step(self, batch: tuple[Tensor, Any], batch_idx: int) -> dict[str, Tensor]:
+        images, _ = batch
+        confidence, class_index = self(images).float().softmax(dim=1).max(dim=1)
+        return {"class_index": class_index.cpu(), "confidence": confidence.cpu()}
 
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.AdamW(
@@ -107,3 +125,18 @@ class ImageClassifier(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, in one line, to resume from a checkpoint made for other data."""
+        saved = checkpoint.get("hyper_parameters", {})
+        for fact in ("class_names", "channels", "image_size"):
+            if fact in saved and list_of(saved[fact]) != list_of(self.hparams[fact]):
+                raise CheckpointError(
+                    f"the checkpoint was trained with {fact} {saved[fact]}, "
+                    f"the data has {self.hparams[fact]}"
+                )
+
+
+def list_of(value: Any) -> Any:
+    """Compare tuples and lists alike (YAML and checkpoints may hold either)."""
+    return list(value) if isinstance(value, tuple | list) else value

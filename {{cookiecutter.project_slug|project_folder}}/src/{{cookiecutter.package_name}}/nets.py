@@ -1,22 +1,47 @@
-"""Plain PyTorch networks; nothing here knows about Lightning."""
+"""Plain PyTorch networks; nothing here knows about Lightning.
+
+The model builds its network from the config (``model.net`` in ``configs/default.yaml``) and
+passes it the shape of the data first: ``in_channels``, ``num_classes`` and ``image_size``
+(height, width), in that order. A network of your own is one more class here that takes those
+three arguments first, selected in the config or by flag:
+
+    --model.net {{ cookiecutter.package_name }}.nets.YourNet
+"""
 
 from torch import Tensor, nn
 
-{% if cookiecutter.model == "cnn" %}
-class ConvNet(nn.Module):
-    """Three convolution blocks (28 -> 14 -> 7 -> 3 pixels) and a linear classifier."""
 
-    def __init__(self, channels: int = 16, dropout: float = 0.25, num_classes: int = 10) -> None:
+class ConvNet(nn.Module):
+    """Three convolution blocks, each halving height and width, and a linear classifier."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+        width: int = 16,
+        dropout: float = 0.25,
+    ) -> None:
+        """
+        Args:
+            width: Channels of the first block; each later block doubles them.
+            dropout: Dropout before the classifier.
+        """
         super().__init__()
+        height, image_width = image_size
+        if min(height, image_width) < 8:
+            raise ValueError(
+                f"ConvNet needs images of at least 8x8 pixels, not {height}x{image_width}"
+            )
         self.features = nn.Sequential(
-            conv_block(1, channels),
-            conv_block(channels, 2 * channels),
-            conv_block(2 * channels, 4 * channels),
+            conv_block(in_channels, width),
+            conv_block(width, 2 * width),
+            conv_block(2 * width, 4 * width),
         )
+        # Each block's 2x2 pooling rounds down: 28 -> 14 -> 7 -> 3.
+        features = 4 * width * (height // 8) * (image_width // 8)
         self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Dropout(dropout),
-            nn.Linear(4 * channels * 3 * 3, num_classes),
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(features, num_classes)
         )
 
     def forward(self, images: Tensor) -> Tensor:
@@ -31,19 +56,30 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
-{%- else %}
-class MLP(nn.Module):
-    """One hidden layer over the flattened 28x28 image."""
 
-    def __init__(self, hidden_dim: int = 128, num_classes: int = 10) -> None:
+
+class MLP(nn.Module):
+    """One hidden layer over the flattened image."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+        hidden_dim: int = 128,
+    ) -> None:
+        """
+        Args:
+            hidden_dim: Width of the hidden layer.
+        """
         super().__init__()
+        height, width = image_size
         self.layers = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(28 * 28, hidden_dim),
+            nn.Linear(in_channels * height * width, hidden_dim),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, num_classes),
         )
 
     def forward(self, images: Tensor) -> Tensor:
         return self.layers(images)
-{%- endif %}

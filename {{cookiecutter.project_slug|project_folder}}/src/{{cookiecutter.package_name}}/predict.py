@@ -1,67 +1,105 @@
 """Predict entry point: a checkpoint and images (or the test split) to a CSV.
 
---input is one PNG/JPG image, a folder of them, or a data folder as training uses it (its
-10k test split). Images are read as 8-bit grayscale and resized to 28x28; like the training
-images, objects should be light on a dark background.
+--input is an image or a folder of images (searched recursively); without it, the test split
+of the data module the checkpoint was trained on. Images are converted to what the model was
+trained on: its channel count and image size, both read from the checkpoint.
 """
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
+from torch.utils.data import DataLoader
 
+from . import nets
 from .callbacks import PredictionCSVWriter
-from .data import DatasetError, ImageDataModule, raw_folder
+from .data import ImageDataModule
+from .errors import CheckpointError, UserError
 from .hardware import trainer_defaults
-from .model import ImageClassifier
+from .images import ImageFiles, image_paths
+from .model import DATA_FACTS, ImageClassifier
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing or cannot serve this model."""
-
-
-def load_classifier(path: Path) -> ImageClassifier:
-    """Load a checkpoint written by training, with a clear error for anything else."""
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint as plain data: never code, whatever the torch version or settings."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for files it cannot parse
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint file") from error
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint holding only tensors and plain values"
+        ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no state_dict)")
-    try:
-        return ImageClassifier.load_from_checkpoint(path, map_location="cpu")
-    except (KeyError, RuntimeError, TypeError) as error:
+    return checkpoint
+
+
+def load_classifier(path: str | Path) -> ImageClassifier:
+    """Load a checkpoint written by training, with a clear error for anything else."""
+    hparams = read_checkpoint(path).get("hyper_parameters", {})
+    missing = [name for name in (*DATA_FACTS, "net") if name not in hparams]
+    if missing:
         raise CheckpointError(
-            f"{path} holds a different model than {ImageClassifier.__name__} of this project"
-        ) from error
+            f"{path} holds a different model than {ImageClassifier.__name__} of this project "
+            f"(no {', '.join(missing)})"
+        )
+    # The checkpoint names its network's class; only classes of this project's nets.py are
+    # built from it, so a crafted checkpoint cannot make loading import other code.
+    net = hparams["net"]
+    class_path = str(net.get("class_path", "")) if isinstance(net, dict) else ""
+    module, _, name = class_path.rpartition(".")
+    if module != nets.__name__ or not isinstance(getattr(nets, name, None), type):
+        raise CheckpointError(
+            f"{path} names the network {class_path!r}, which is not in {nets.__name__}"
+        )
+    try:
+        return ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not fit this project's model: {reason}") from error
+
+
+def test_split_loader(checkpoint: dict[str, Any], batch_size: int) -> DataLoader:
+    """The test split of the data module as the checkpoint's training run configured it."""
+    saved = checkpoint.get("datamodule_hyper_parameters", {})
+    arguments = {key: value for key, value in saved.items() if not key.startswith("_")}
+    datamodule = ImageDataModule(**{**arguments, "batch_size": batch_size})
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    return datamodule.test_dataloader()
 
 
 def predict(
     ckpt_path: Path,
-    input_path: Path,
+    input_path: Path | None,
     output: Path,
     batch_size: int = 256,
     accelerator: str = "auto",
     devices: int = 1,
+    num_workers: int = 0,
 ) -> Path:
-    """Write predictions for ``input_path`` to ``output`` and return its path."""
+    """Write predictions for ``input_path`` (None: the test split) to ``output``; return it."""
     model = load_classifier(ckpt_path)
-    if raw_folder(input_path).is_dir():
-        datamodule = ImageDataModule(data_dir=str(input_path), batch_size=batch_size)
+    if input_path is None:
+        loader = test_split_loader(read_checkpoint(ckpt_path), batch_size)
     else:
-        datamodule = ImageDataModule(predict_path=str(input_path), batch_size=batch_size)
+        channels, image_size = model.hparams.channels, tuple(model.hparams.image_size)
+        files = ImageFiles(image_paths(input_path), channels, image_size)
+        loader = DataLoader(files, batch_size=batch_size, num_workers=num_workers)
     trainer = pl.Trainer(
         **{**trainer_defaults(), "accelerator": accelerator, "devices": devices},
         logger=False,
         enable_checkpointing=False,
+        enable_progress_bar=False,
         callbacks=[PredictionCSVWriter(output)],
     )
-    trainer.predict(model, datamodule=datamodule, return_predictions=False)
+    trainer.predict(model, dataloaders=loader, return_predictions=False)
     return output
 
 
@@ -71,11 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--input",
         type=Path,
-        required=True,
-        help="an image, a folder of PNG/JPG images, or a data folder (its test split)",
+        help="an image or a folder of images; the data module's test split if left out",
     )
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"))
     parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--num_workers", type=int, default=0, help="processes decoding images")
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, ...")
     parser.add_argument(
         "--devices", type=int, default=1, help="devices to spread over (DDP); one CSV either way"
@@ -87,9 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         output = predict(
-            args.ckpt_path, args.input, args.output, args.batch_size, args.accelerator, args.devices
+            args.ckpt_path,
+            args.input,
+            args.output,
+            args.batch_size,
+            args.accelerator,
+            args.devices,
+            args.num_workers,
         )
-    except (CheckpointError, DatasetError) as error:
+    except UserError as error:
         sys.exit(f"error: {error}")
     rank_zero_only(print)(f"wrote {output}")
 

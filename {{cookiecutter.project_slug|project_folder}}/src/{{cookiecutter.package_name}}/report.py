@@ -2,29 +2,24 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
-import torch
 from matplotlib.figure import Figure
+from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from .data import MEAN, STD
-
 
 class TestReport(pl.Callback):
-{%- if cookiecutter.logger in ("tensorboard", "wandb", "mlflow") %}
     """Save ``confusion_matrix.png`` and ``misclassified.png`` (600x600) in the run folder,
-    and send both to the experiment logger."""
-{%- else %}
-    """Save ``confusion_matrix.png`` and ``misclassified.png`` (600x600) in the run folder."""
-{%- endif %}
+    and send both to the experiment loggers that take pictures."""
 
-    def __init__(self, num_classes: int = 10, max_images: int = 36) -> None:
-        self.num_classes = num_classes
+    def __init__(self, max_images: int = 36) -> None:
         self.max_images = max_images
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.confusion = MulticlassConfusionMatrix(self.num_classes).to(pl_module.device)
+        self.class_names = list(pl_module.hparams.class_names)
+        self.confusion = MulticlassConfusionMatrix(len(self.class_names)).to(pl_module.device)
         self.mistakes: list[tuple[Tensor, int, int]] = []
 
     def on_test_batch_end(
@@ -42,57 +37,79 @@ class TestReport(pl.Callback):
         missing = self.max_images - len(self.mistakes)
         if missing > 0:
             wrong = (predicted != labels).nonzero().flatten()[:missing]
-            pixels = (images[wrong] * STD + MEAN).clamp(0, 255).to(torch.uint8).cpu()
-            found = zip(pixels, labels[wrong].tolist(), predicted[wrong].tolist(), strict=True)
+            found = zip(
+                images[wrong].cpu(), labels[wrong].tolist(), predicted[wrong].tolist(), strict=True
+            )
             self.mistakes.extend(found)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         matrix = self.confusion.compute().cpu()  # summed over all processes
-        run_dir = Path(trainer.log_dir)  # every rank must ask: the property broadcasts
+        # Every rank must ask for log_dir: the property broadcasts rank 0's answer. It is
+        # None when loggers are off (fast_dev_run); the pictures then go to the root folder.
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
         figures = {
-            "confusion_matrix": confusion_figure(matrix),
-            "misclassified": mistakes_figure(self.mistakes),
+            "confusion_matrix": confusion_figure(matrix, self.class_names),
+            "misclassified": mistakes_figure(self.mistakes, self.class_names),
         }
+        run_dir.mkdir(parents=True, exist_ok=True)
         for name, figure in figures.items():
             path = run_dir / f"{name}.png"
             figure.savefig(path, dpi=100)
-{%- if cookiecutter.logger == "tensorboard" %}
-            trainer.logger.experiment.add_figure(f"test/{name}", figure)
-{%- elif cookiecutter.logger == "wandb" %}
-            trainer.logger.log_image(f"test/{name}", [str(path)])
-{%- elif cookiecutter.logger == "mlflow" %}
-            trainer.logger.experiment.log_artifact(trainer.logger.run_id, str(path))
-{%- endif %}
+            for logger in trainer.loggers:
+                send_picture(logger, f"test/{name}", figure, path)
 
 
-def confusion_figure(matrix: Tensor) -> Figure:
+def send_picture(logger: pl.loggers.Logger, tag: str, figure: Figure, path: Path) -> None:
+    """Hand a saved picture to a logger that keeps pictures; the others only get metrics."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_figure(tag, figure)
+    elif isinstance(logger, WandbLogger):
+        logger.log_image(tag, [str(path)])
+    elif isinstance(logger, MLFlowLogger):
+        logger.experiment.log_artifact(logger.run_id, str(path))
+
+
+def confusion_figure(matrix: Tensor, class_names: list[str]) -> Figure:
     """Counts of (true, predicted) pairs; the diagonal holds the correct predictions."""
     figure = Figure(figsize=(6, 6))
     axes = figure.subplots()
     axes.imshow(matrix.numpy(), cmap="Blues")
-    classes = range(len(matrix))
-    for true in classes:
-        for predicted in classes:
-            count = int(matrix[true, predicted])
-            color = "white" if count > matrix.max() / 2 else "black"
-            axes.text(predicted, true, count, ha="center", va="center", fontsize=7, color=color)
-    axes.set(xlabel="predicted", ylabel="true", xticks=classes, yticks=classes)
-    axes.set_title("Test confusion matrix")
+    classes = range(len(class_names))
+    if len(class_names) <= 20:  # beyond that the counts no longer fit in their cells
+        for true in classes:
+            for predicted in classes:
+                count = int(matrix[true, predicted])
+                color = "white" if count > matrix.max() / 2 else "black"
+                axes.text(predicted, true, count, ha="center", va="center", fontsize=7, color=color)
+    axes.set_xticks(classes, class_names, rotation=90, fontsize=7)
+    axes.set_yticks(classes, class_names, fontsize=7)
+    axes.set(xlabel="predicted", ylabel="true", title="Test confusion matrix")
     figure.tight_layout()
     return figure
 
 
-def mistakes_figure(mistakes: list[tuple[Tensor, int, int]], columns: int = 6) -> Figure:
+def mistakes_figure(
+    mistakes: list[tuple[Tensor, int, int]], class_names: list[str], columns: int = 6
+) -> Figure:
     """Misclassified test images, each titled with its true and predicted class."""
     figure = Figure(figsize=(6, 6))
-    grid = figure.subplots(columns, columns, gridspec_kw={"hspace": 0.5})
+    grid = figure.subplots(columns, columns, gridspec_kw={"hspace": 0.6})
     for index, axes in enumerate(grid.flatten()):
         axes.axis("off")
         if index < len(mistakes):
             image, true, predicted = mistakes[index]
-            axes.imshow(image[0].numpy(), cmap="gray")
-            axes.set_title(f"{true} as {predicted}", fontsize=7)
+            pixels, colormap = displayable(image)
+            axes.imshow(pixels, cmap=colormap)
+            axes.set_title(f"{class_names[true]}\nas {class_names[predicted]}", fontsize=6)
     figure.suptitle("Misclassified test images (true as predicted)")
     return figure
+
+
+def displayable(image: Tensor) -> tuple[np.ndarray, str | None]:
+    """Pixels and colour map for ``imshow``: three channels in colour, any other channel count
+    as the grayscale of its first channel."""
+    if image.shape[0] == 3:
+        return image.permute(1, 2, 0).numpy(), None
+    return image[0].numpy(), "gray"

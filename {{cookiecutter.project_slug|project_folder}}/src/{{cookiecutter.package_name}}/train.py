@@ -1,32 +1,26 @@
 """Train entry point: fit, then test the best checkpoint. ``--help`` lists every flag."""
 
 import json
-{%- if cookiecutter.logger == "mlflow" %}
 import os
-{%- endif %}
 import sys
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
-from pytorch_lightning.callbacks import EarlyStopping{% if cookiecutter.logger != "none" %}, LearningRateMonitor{% endif %}, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from .callbacks import (
-    EpochSummary,
-    LastCheckpoint,
-    NonFiniteLossError,
-    SaveRunInfo,
-    StopOnNonFiniteLoss,
-)
-from .data import DatasetError, ImageDataModule
+from .callbacks import EpochSummary, LastCheckpoint, SaveRunInfo, StopOnNonFiniteLoss
+from .data import ImageDataModule
+from .errors import UserError
 from .hardware import trainer_defaults
-from .model import ImageClassifier
+from .model import DATA_FACTS, ImageClassifier
 from .report import TestReport
 
 
 class TrainCLI(LightningCLI):
-    """LightningCLI with a resume flag and configurable best-model checkpoint and early stopping."""
+    """LightningCLI with a resume flag, configurable best-model checkpoint and early stopping,
+    and the data module's facts about its data passed on to the model."""
 
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
         parser.add_argument(
@@ -49,14 +43,15 @@ class TrainCLI(LightningCLI):
                 "early_stopping.patience": 3,
             }
         )
+        for fact in DATA_FACTS:
+            parser.link_arguments(f"data.{fact}", f"model.{fact}", apply_on="instantiate")
 
 
 def train(args: list[str] | None = None) -> TrainCLI:
     """Parse ``args`` (default: the command line), fit, test the best checkpoint."""
-{%- if cookiecutter.logger == "mlflow" %}
-    # MLflow 3 refuses its file store unless asked; it keeps runs in plain files under logs/.
+    # MLflow 3 refuses its file store unless asked; with the MLflow logger, runs are plain
+    # files under logs/ unless the config points it at a tracking server.
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-{%- endif %}
     cli = TrainCLI(
         ImageClassifier,
         ImageDataModule,
@@ -72,39 +67,7 @@ def train(args: list[str] | None = None) -> TrainCLI:
             "default_root_dir": "logs",
             # A live progress bar in a terminal; one line per epoch in CI logs and batch jobs.
             "enable_progress_bar": sys.stderr.isatty(),
-{%- if cookiecutter.logger == "tensorboard" %}
-            "logger": {
-                "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "logs", "name": "mnist"},
-            },
-{%- elif cookiecutter.logger == "csv" %}
-            "logger": {
-                "class_path": "pytorch_lightning.loggers.CSVLogger",
-                "init_args": {"save_dir": "logs", "name": "mnist"},
-            },
-{%- elif cookiecutter.logger == "wandb" %}
-            # Offline (files only) with WANDB_MODE=offline; online after `wandb login`.
-            "logger": {
-                "class_path": "pytorch_lightning.loggers.WandbLogger",
-                "init_args": {"save_dir": "logs", "project": {{ cookiecutter.project_slug | quoted }}},
-            },
-{%- elif cookiecutter.logger == "mlflow" %}
-            "logger": {
-                "class_path": "pytorch_lightning.loggers.MLFlowLogger",
-                "init_args": {"experiment_name": "mnist", "tracking_uri": "file:logs/mlruns"},
-            },
-{%- else %}
-            "logger": False,
-{%- endif %}
-            "callbacks": [
-                LastCheckpoint(),
-                StopOnNonFiniteLoss(),
-                EpochSummary(),
-                TestReport(),
-{%- if cookiecutter.logger != "none" %}
-                LearningRateMonitor(logging_interval="epoch"),
-{%- endif %}
-            ],
+            "callbacks": [LastCheckpoint(), StopOnNonFiniteLoss(), EpochSummary(), TestReport()],
         },
     )
     trainer = cli.trainer
@@ -112,17 +75,18 @@ def train(args: list[str] | None = None) -> TrainCLI:
     # Empty when no checkpoint was written (e.g. --trainer.fast_dev_run): test the last weights.
     best = cli.config_init["checkpoint"].best_model_path or None
     results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
-    log_dir = trainer.log_dir  # every rank must ask: the property broadcasts rank 0's answer
+    # Every rank must ask for log_dir: the property broadcasts rank 0's answer.
+    run_dir = trainer.log_dir or trainer.default_root_dir
     if trainer.is_global_zero:
         summary = {"best_checkpoint": best, **results[0]}
-        Path(log_dir, "test_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        Path(run_dir, "test_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return cli
 
 
 def main() -> None:
     try:
         train()
-    except (DatasetError, NonFiniteLossError) as error:
+    except UserError as error:
         sys.exit(f"error: {error}")
     except SIGTERMException:
         sys.exit("stopped by SIGTERM; last.ckpt in the run's checkpoints folder resumes the fit")

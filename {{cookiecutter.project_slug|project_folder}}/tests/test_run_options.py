@@ -1,0 +1,36 @@
+"""Pieces switched by flag keep the run working: other loggers or none, fast_dev_run."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import Fit
+from torchvision.io import decode_png, read_file
+
+PICTURES = ("confusion_matrix.png", "misclassified.png")
+
+
+CSV_LOGGER = json.dumps(
+    {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "csv"}}
+)
+
+
+@pytest.mark.parametrize(
+    ("logger", "run_dir"),
+    [("false", "logs"), (CSV_LOGGER, "csv/lightning_logs/version_0")],
+    ids=["no-logger", "csv-logger"],
+)
+def test_logger_by_flag_keeps_the_run_and_its_pictures(
+    fit: Fit, tmp_path: Path, logger: str, run_dir: str
+) -> None:
+    fit(tmp_path, f"--trainer.logger={logger}", "--trainer.max_epochs=1")
+    for name in (*PICTURES, "test_metrics.json", "config.yaml"):
+        assert (tmp_path / run_dir / name).is_file(), name
+    assert decode_png(read_file(str(tmp_path / run_dir / PICTURES[0]))).shape[-2:] == (600, 600)
+
+
+def test_fast_dev_run_tests_and_saves_no_checkpoint(fit: Fit, tmp_path: Path) -> None:
+    cli = fit(tmp_path, "--trainer.fast_dev_run=true")
+    assert cli.trainer.global_step == 1
+    assert not list(tmp_path.rglob("*.ckpt"))
+    assert (tmp_path / "logs" / "test_metrics.json").is_file()
