@@ -11,10 +11,15 @@ from jinja2.ext import Extension
 REFUSED_SLUG_FOLDER = ".refused-project-slug"
 
 
+# A slug this long is refused by the hook; as a folder name it could exceed the file
+# system's limit before the hook runs. Keep in step with MAX_SLUG_LENGTH in the hook.
+MAX_SLUG_LENGTH = 64
+
+
 def project_folder(slug: str) -> str:
     """Return the slug if it is one plain path component, else the throwaway folder."""
     unsafe = not slug or slug.startswith(".") or "/" in slug or "\\" in slug
-    return REFUSED_SLUG_FOLDER if unsafe else slug
+    return REFUSED_SLUG_FOLDER if unsafe or len(slug) > MAX_SLUG_LENGTH else slug
 
 
 def quoted(value: str) -> str:

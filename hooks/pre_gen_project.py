@@ -8,29 +8,53 @@ PROJECT_SLUG = {{ cookiecutter.project_slug | quoted }}
 PACKAGE_NAME = {{ cookiecutter.package_name | quoted }}
 AUTHOR_EMAIL = {{ cookiecutter.author_email | quoted }}
 
-# Import names the generated project or its dependencies already use, and CPython's own
-# test package, which sys.stdlib_module_names leaves out.
-TAKEN_NAMES = {
-    "jsonargparse",
-    "lightning",
-    "lightning_fabric",
-    "lightning_utilities",
-    "numpy",
-    "pytorch_lightning",
-    "tensorboard",
-    "test",
-    "tests",
-    "torch",
-    "torchmetrics",
-    "torchvision",
-    "yaml",
+# The generated project's dependencies, every extra and the build backend included, with the
+# top-level modules each installs (and those of the packages they pull in that a project
+# imports directly). A package named like one of them would shadow it. The template's tests
+# check that every dependency a bake declares is listed here.
+DEPENDENCY_MODULES = {
+    "torch": ("torch", "torchgen", "functorch"),
+    "torchvision": ("torchvision", "PIL", "numpy"),
+    "pytorch-lightning": ("pytorch_lightning", "lightning_fabric", "lightning_utilities"),
+    "lightning": ("lightning",),
+    "torchmetrics": ("torchmetrics",),
+    "jsonargparse": ("jsonargparse", "yaml", "docstring_parser", "typeshed_client"),
+    "matplotlib": ("matplotlib", "mpl_toolkits", "pylab", "contourpy", "cycler", "kiwisolver"),
+    "tensorboard": ("tensorboard", "tensorboard_data_server", "google", "grpc"),
+    "wandb": ("wandb",),
+    "mlflow-skinny": ("mlflow",),
+    "onnx": ("onnx",),
+    "onnxscript": ("onnxscript", "onnx_ir"),
+    "onnxruntime": ("onnxruntime",),
+    "litserve": ("litserve", "fastapi", "starlette", "uvicorn"),
+    "python-multipart": ("multipart", "python_multipart"),
+    "optuna": ("optuna", "sqlalchemy", "alembic"),
+    "psycopg2-binary": ("psycopg2",),
+    "pytest": ("pytest", "_pytest", "pluggy", "iniconfig"),
+    "ruff": ("ruff",),
+    "pre-commit": ("pre_commit",),
+    "setuptools": ("setuptools", "pkg_resources", "_distutils_hack"),
+    "packaging": ("packaging",),
+    "typing-extensions": ("typing_extensions",),
 }
+# Besides the standard library (sys.stdlib_module_names), CPython's own test package.
+TAKEN_NAMES = {"test", "tests"} | {
+    module.lower() for modules in DEPENDENCY_MODULES.values() for module in modules
+}
+# Longer names make file names and import lines too long to read (and to lint clean).
+MAX_PACKAGE_LENGTH = 40
+MAX_SLUG_LENGTH = 64
 
 # The distribution-name rule of the Python packaging specifications.
 SLUG_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
 def problem_with_slug(slug: str) -> str | None:
+    if len(slug) > MAX_SLUG_LENGTH:
+        return (
+            f"project_slug {slug[:20]!r}... has {len(slug)} characters, more than "
+            f"{MAX_SLUG_LENGTH}: choose a shorter project_slug (or project_name)"
+        )
     if SLUG_PATTERN.fullmatch(slug):
         return None
     return (
@@ -44,6 +68,11 @@ def problem_with_package(name: str) -> str | None:
         return (
             f"package_name {name!r} is not a lowercase Python identifier: use lowercase "
             "letters, digits and '_', not starting with a digit (e.g. 'mnist_lab')"
+        )
+    if len(name) > MAX_PACKAGE_LENGTH:
+        return (
+            f"package_name {name[:20]!r}... has {len(name)} characters, more than "
+            f"{MAX_PACKAGE_LENGTH}: choose a shorter package_name"
         )
     if keyword.iskeyword(name):
         return f"package_name {name!r} is a Python keyword: choose another name"

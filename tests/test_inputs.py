@@ -1,6 +1,7 @@
 """Invalid answers are refused before anything is written; awkward valid ones render."""
 
 import ast
+import re
 import subprocess
 import sys
 import tomllib
@@ -10,6 +11,19 @@ import pytest
 import yaml
 from conftest import TEMPLATE_DIR
 from cookiecutter.exceptions import FailedHookException
+
+
+def dependency_modules() -> dict[str, tuple[str, ...]]:
+    """The hook's table of dependencies and their modules (the hook itself holds Jinja)."""
+    hook = (TEMPLATE_DIR / "hooks" / "pre_gen_project.py").read_text()
+    table = re.search(r"^DEPENDENCY_MODULES = (\{.*?^\})", hook, flags=re.S | re.M)
+    return ast.literal_eval(table.group(1))
+
+
+DEPENDENCY_NAMES = sorted(
+    {module.lower() for modules in dependency_modules().values() for module in modules}
+    - {"pil"}  # not a lowercase identifier either way
+)
 
 BAD_ANSWERS = [
     ({"package_name": "1abc"}, "is not a lowercase Python identifier"),
@@ -26,6 +40,9 @@ BAD_ANSWERS = [
     ({"package_name": "test"}, "would shadow the module 'test'"),
     ({"package_name": "os"}, "would shadow the module 'os'"),
     ({"package_name": "site"}, "would shadow the module 'site'"),
+    ({"package_name": "a" * 41}, "has 41 characters, more than 40"),
+    ({"project_slug": "a" * 65}, "has 65 characters, more than 64"),
+    ({"project_name": "A very long project name " * 12}, "more than 64: choose a shorter"),
     ({"project_slug": "../evil"}, "project_slug '../evil' is not a valid folder"),
     ({"project_slug": "a/b"}, "project_slug 'a/b' is not a valid folder"),
     ({"project_slug": "a\\b"}, "is not a valid folder"),
@@ -53,6 +70,24 @@ def test_bad_answer_is_refused_with_one_line_and_nothing_written(
     assert len(errors) == 1 and message in errors[0], errors
     assert left_in(tmp_path / "cookies") == []
     assert left_in(tmp_path) == [tmp_path / "cookies"]
+
+
+@pytest.mark.parametrize("name", DEPENDENCY_NAMES)
+def test_package_named_like_a_dependency_is_refused(cookies, name: str) -> None:
+    result = cookies.bake(extra_context={"package_name": name}, template=str(TEMPLATE_DIR))
+    assert result.exit_code == -1 and isinstance(result.exception, FailedHookException), name
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb", "mlflow"])
+def test_every_declared_dependency_is_in_the_hook_table(bake, logger: str) -> None:
+    table = {name.lower() for name in dependency_modules()}
+    pyproject = tomllib.loads((bake(logger=logger) / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    declared = [*project["dependencies"], *pyproject["build-system"]["requires"]]
+    declared += [item for extra in project["optional-dependencies"].values() for item in extra]
+    for requirement in declared:
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement).group().lower()
+        assert name in table or name == project["name"], f"{name} is not in DEPENDENCY_MODULES"
 
 
 def test_unknown_choice_value_is_refused(cookies) -> None:

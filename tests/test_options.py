@@ -39,7 +39,9 @@ COMMON_FILES = {
     "tests/test_data.py",
     "tests/test_ddp.py",
     "tests/test_idx_files.py",
+    "tests/test_images.py",
     "tests/test_nets.py",
+    "tests/test_operations.py",
     "tests/test_resume.py",
     "tests/test_robustness.py",
     "tests/test_run_options.py",
@@ -49,6 +51,7 @@ COMMON_FILES = {
 PACKAGE_FILES = {
     "__init__.py",
     "callbacks.py",
+    "checkpoints.py",
     "data.py",
     "errors.py",
     "export.py",

@@ -7,11 +7,22 @@ import pytorch_lightning as pl
 
 
 class PauseForSignal(pl.Callback):
-    """At one training batch, print a marker and wait until the trainer receives SIGTERM."""
+    """At one batch of one stage, print a marker and wait until the trainer receives SIGTERM.
 
-    def __init__(self, epoch: int, batch: int) -> None:
+    ``stage`` is "train", "validate" (not the sanity check) or "test"; ``epoch`` counts from 0.
+    """
+
+    def __init__(self, epoch: int, batch: int, stage: str = "train") -> None:
         self.epoch = epoch
         self.batch = batch
+        self.stage = stage
+
+    def _pause_at(self, trainer: pl.Trainer, stage: str, batch_idx: int) -> None:
+        if (stage, trainer.current_epoch, batch_idx) == (self.stage, self.epoch, self.batch):
+            print("waiting for SIGTERM", flush=True)
+            deadline = time.monotonic() + 60
+            while not trainer.received_sigterm and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def on_train_batch_end(
         self,
@@ -21,11 +32,30 @@ class PauseForSignal(pl.Callback):
         batch: object,
         batch_idx: int,
     ) -> None:
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
-            print("waiting for SIGTERM", flush=True)
-            deadline = time.monotonic() + 60
-            while not trainer.received_sigterm and time.monotonic() < deadline:
-                time.sleep(0.01)
+        self._pause_at(trainer, "train", batch_idx)
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: object,
+        batch: object,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._pause_at(trainer, "validate", batch_idx)
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: object,
+        batch: object,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._pause_at(trainer, "test", batch_idx)
 
 
 class EpochMetrics(pl.Callback):

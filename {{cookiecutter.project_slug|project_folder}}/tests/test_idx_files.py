@@ -62,3 +62,13 @@ def test_validation_set_must_leave_training_images(data_args: dict[str, Any]) ->
 def test_out_of_range_arguments_are_refused(name: str, value: int) -> None:
     with pytest.raises(data.DatasetError, match=f"--data.{name} must be at least"):
         data.ImageDataModule(**{name: value})
+
+
+def test_labels_outside_the_classes_are_named(data_args: dict[str, Any], tmp_path: Path) -> None:
+    shutil.copytree(data.raw_folder(data_args["data_dir"]), data.raw_folder(tmp_path))
+    labels = data.raw_folder(tmp_path) / "train-labels-idx1-ubyte"
+    content = bytearray(labels.read_bytes())
+    content[-1] = 12  # the last training label
+    labels.write_bytes(bytes(content))
+    with pytest.raises(data.DatasetError, match="train-labels-idx1-ubyte holds label 12"):
+        data.ImageDataModule(**{**data_args, "data_dir": str(tmp_path)}).setup("fit")

@@ -10,11 +10,12 @@ import torch
 from conftest import Fit
 from torchvision.io import decode_png, read_file, write_png
 
+from {{ cookiecutter.package_name }}.checkpoints import load_classifier
 from {{ cookiecutter.package_name }}.data import ImageDataModule
 from {{ cookiecutter.package_name }}.errors import CheckpointError
 from {{ cookiecutter.package_name }}.export import export
 from {{ cookiecutter.package_name }}.model import ImageClassifier
-from {{ cookiecutter.package_name }}.predict import load_classifier, main, predict
+from {{ cookiecutter.package_name }}.predict import main, predict
 from {{ cookiecutter.package_name }}.train import TrainCLI
 
 

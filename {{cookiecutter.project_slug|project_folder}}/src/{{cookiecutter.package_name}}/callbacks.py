@@ -113,14 +113,39 @@ class StopOnNonFiniteLoss(pl.Callback):
             )
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """Keep ``checkpoints/last.ckpt`` at the latest epoch end, or where a fit was interrupted.
+class BestCheckpoint(ModelCheckpoint):
+    """The best-model checkpoint, remembering the best of a run across a resume.
 
-    Ctrl-C or SIGTERM from a scheduler during training leave a mid-epoch ``last.ckpt`` to
-    resume from with ``--ckpt_path``. Errors do not: a crash, a bad argument or a diverged
-    loss leaves the last epoch's checkpoint (or none before the first step), since there is
-    nothing new worth resuming. (A separate callback because ``save_last`` of the best-model
-    checkpoint only refreshes ``last.ckpt`` in epochs that also improve the best model.)
+    Lightning restores the best score only when the resumed fit writes to the same folder. A
+    logger that starts a new run folder on resume (W&B, MLflow) would otherwise make it forget
+    the best model of the interrupted part and test a worse one.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        best = state_dict.get("best_model_path")
+        if best and Path(best).is_file() and state_dict.get("dirpath") != self.dirpath:
+            self.best_model_score = state_dict["best_model_score"]
+            self.best_k_models = {
+                path: score
+                for path, score in state_dict.get("best_k_models", {}).items()
+                if Path(path).is_file()
+            }
+            self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
+            self.kth_value = state_dict.get("kth_value", self.kth_value)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Keep ``checkpoints/last.ckpt`` at the latest epoch end, or where training was interrupted.
+
+    Ctrl-C or SIGTERM (a scheduler's stop) during a training step saves a mid-epoch
+    ``last.ckpt`` that ``--ckpt_path`` resumes. During validation or the sanity check they
+    save nothing new: ``last.ckpt`` stays at the previous epoch end, and resuming repeats the
+    interrupted epoch (Lightning cannot resume half a validation run). During the final test
+    they leave it alone too, so it always holds the latest training state. Errors never write
+    it: a crash, a bad argument or a diverged loss is not worth resuming. (A callback of its
+    own because ``save_last`` of the best-model checkpoint only refreshes ``last.ckpt`` in
+    epochs that also improve the best model.)
     """
 
     def __init__(self) -> None:
@@ -129,13 +154,16 @@ class LastCheckpoint(ModelCheckpoint):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        interrupted = isinstance(exception, KeyboardInterrupt | SIGTERMException)
-        training = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
-        if not (interrupted and training and trainer.global_step > 0 and self.dirpath):
+        if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
             return
-        path = Path(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-        trainer.save_checkpoint(path)
-        rank_zero_info(f"Interrupted; resume with --ckpt_path {path}")
+        path = Path(self.dirpath or ".", self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting and trainer.training and trainer.global_step > 0 and self.dirpath:
+            trainer.save_checkpoint(path, weights_only=False)
+        if path.is_file():
+            rank_zero_info(f"Interrupted; resume with --ckpt_path {path} (or --ckpt_path last)")
+        else:
+            rank_zero_info("Interrupted before the first epoch ended; there is nothing to resume")
 
 
 class SaveRunInfo(SaveConfigCallback):

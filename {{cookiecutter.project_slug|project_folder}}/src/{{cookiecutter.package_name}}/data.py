@@ -81,6 +81,13 @@ def load_split(data_dir: str | Path, train: bool) -> tuple[Tensor, Tensor]:
         raise DatasetError(corrupt_file_message(folder)) from error
     if len(dataset.data) != len(dataset.targets):
         raise DatasetError(f"the image and label files in {folder} differ in length")
+    classes = len(ImageDataModule.class_names)
+    if len(dataset.targets) and int(dataset.targets.max()) >= classes:
+        label_file = RAW_FILES[1 if train else 3]
+        raise DatasetError(
+            f"{folder / label_file} holds label {int(dataset.targets.max())}, but there are "
+            f"only {classes} classes (0 to {classes - 1}): replace the file"
+        )
     return dataset.data.unsqueeze(1), dataset.targets
 
 

@@ -5,6 +5,10 @@ class UserError(Exception):
     """Input, data or a checkpoint that cannot be used; no traceback needed."""
 
 
+class ConfigError(UserError):
+    """A setting or argument that cannot be used, such as a value out of its range."""
+
+
 class DatasetError(UserError):
     """Data that is missing or unusable."""
 

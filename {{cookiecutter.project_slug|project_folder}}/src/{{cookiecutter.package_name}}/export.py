@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .predict import load_classifier
+from .checkpoints import load_classifier
+from .errors import ConfigError, UserError
 
 FORMATS = ("onnx", "torchscript")
 
@@ -21,6 +21,8 @@ def export(ckpt_path: Path, export_format: str, output: Path) -> Path:
     """Write the checkpoint's model to ``output`` in ``export_format``; return ``output``."""
     model = load_classifier(ckpt_path).eval()
     example = torch.rand(2, *model.input_shape) * 255
+    if output.is_dir():
+        raise ConfigError(f"--output {output} is a folder: give a file name in it")
     output.parent.mkdir(parents=True, exist_ok=True)
     if export_format == "onnx":
         model.to_onnx(
@@ -29,6 +31,8 @@ def export(ckpt_path: Path, export_format: str, output: Path) -> Path:
             input_names=["images"],
             output_names=["logits"],
             dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+            # One self-contained file: the weights inside, not in a separate .data file.
+            external_data=False,
         )
     else:
         model.to_torchscript(output, method="trace", example_inputs=example)

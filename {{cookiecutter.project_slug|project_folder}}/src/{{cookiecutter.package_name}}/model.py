@@ -6,11 +6,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .nets import ConvNet
 
 # Builds a network from (in_channels, num_classes, image_size); in a config, a class path of
@@ -53,6 +54,11 @@ class ImageClassifier(pl.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        if lr <= 0 or weight_decay < 0:
+            raise ConfigError(
+                f"--model.lr must be above 0 and --model.weight_decay at least 0, "
+                f"not {lr} and {weight_decay}"
+            )
         if not len(mean) == len(std) == channels:
             raise ValueError(f"mean and std need one value per channel ({channels}): {mean}, {std}")
         self.input_shape = (channels, *image_size)
@@ -126,17 +132,35 @@ class ImageClassifier(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The learning-rate schedule spans this many steps; a resumed fit must plan the same.
+        checkpoint["schedule_steps"] = self.trainer.estimated_stepping_batches
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse, in one line, to resume from a checkpoint made for other data."""
+        """Refuse, in one line, to resume a fit from a checkpoint made for another network,
+        other data or another schedule length."""
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return  # loading weights to predict, test or export: the checkpoint built this model
         saved = checkpoint.get("hyper_parameters", {})
-        for fact in ("class_names", "channels", "image_size"):
-            if fact in saved and list_of(saved[fact]) != list_of(self.hparams[fact]):
+        for name in ("class_names", "channels", "image_size", "net"):
+            if name in saved and plain(saved[name]) != plain(self.hparams[name]):
                 raise CheckpointError(
-                    f"the checkpoint was trained with {fact} {saved[fact]}, "
-                    f"the data has {self.hparams[fact]}"
+                    f"the checkpoint was trained with {name} {plain(saved[name])}, "
+                    f"this run has {plain(self.hparams[name])}"
                 )
+        planned, steps = checkpoint.get("schedule_steps"), self.trainer.estimated_stepping_batches
+        if planned is not None and planned != steps:
+            raise CheckpointError(
+                f"the checkpoint's learning-rate schedule spans {planned} steps, this run plans "
+                f"{steps}: resume with the same --trainer.max_epochs, batch size and data, or "
+                "start a new run"
+            )
 
 
-def list_of(value: Any) -> Any:
-    """Compare tuples and lists alike (YAML and checkpoints may hold either)."""
-    return list(value) if isinstance(value, tuple | list) else value
+def plain(value: Any) -> Any:
+    """Tuples as lists, recursively, so values from YAML and from checkpoints compare alike."""
+    if isinstance(value, tuple | list):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value

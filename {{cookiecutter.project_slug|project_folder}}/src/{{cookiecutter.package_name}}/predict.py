@@ -11,58 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from . import nets
 from .callbacks import PredictionCSVWriter
+from .checkpoints import load_classifier, read_checkpoint
 from .data import ImageDataModule
-from .errors import CheckpointError, UserError
+from .errors import ConfigError, UserError
 from .hardware import trainer_defaults
 from .images import ImageFiles, image_paths
-from .model import DATA_FACTS, ImageClassifier
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint as plain data: never code, whatever the torch version or settings."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for files it cannot parse
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint holding only tensors and plain values"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no state_dict)")
-    return checkpoint
-
-
-def load_classifier(path: str | Path) -> ImageClassifier:
-    """Load a checkpoint written by training, with a clear error for anything else."""
-    hparams = read_checkpoint(path).get("hyper_parameters", {})
-    missing = [name for name in (*DATA_FACTS, "net") if name not in hparams]
-    if missing:
-        raise CheckpointError(
-            f"{path} holds a different model than {ImageClassifier.__name__} of this project "
-            f"(no {', '.join(missing)})"
-        )
-    # The checkpoint names its network's class; only classes of this project's nets.py are
-    # built from it, so a crafted checkpoint cannot make loading import other code.
-    net = hparams["net"]
-    class_path = str(net.get("class_path", "")) if isinstance(net, dict) else ""
-    module, _, name = class_path.rpartition(".")
-    if module != nets.__name__ or not isinstance(getattr(nets, name, None), type):
-        raise CheckpointError(
-            f"{path} names the network {class_path!r}, which is not in {nets.__name__}"
-        )
-    try:
-        return ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except (KeyError, RuntimeError, TypeError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not fit this project's model: {reason}") from error
 
 
 def test_split_loader(checkpoint: dict[str, Any], batch_size: int) -> DataLoader:
@@ -85,6 +42,8 @@ def predict(
     num_workers: int = 0,
 ) -> Path:
     """Write predictions for ``input_path`` (None: the test split) to ``output``; return it."""
+    if output.is_dir():
+        raise ConfigError(f"--output {output} is a folder: give a file name in it")
     model = load_classifier(ckpt_path)
     if input_path is None:
         loader = test_split_loader(read_checkpoint(ckpt_path), batch_size)
