@@ -11,13 +11,16 @@ PICTURES = ("confusion_matrix.png", "misclassified.png")
 
 
 CSV_LOGGER = json.dumps(
-    {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "csv"}}
+    {
+        "class_path": "pytorch_lightning.loggers.CSVLogger",
+        "init_args": {"save_dir": "csv", "name": "by-flag"},
+    }
 )
 
 
 @pytest.mark.parametrize(
     ("logger", "run_dir"),
-    [("false", "logs"), (CSV_LOGGER, "csv/lightning_logs/version_0")],
+    [("false", "logs"), (CSV_LOGGER, "csv/by-flag/version_0")],
     ids=["no-logger", "csv-logger"],
 )
 def test_logger_by_flag_keeps_the_run_and_its_pictures(
