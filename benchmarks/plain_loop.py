@@ -30,10 +30,7 @@ def main(src: str, data_dir: str, epochs: int) -> None:
     # The module's forward (normalization, then the network), without Lightning's loop.
     model = ImageClassifier(**{fact: getattr(datamodule, fact) for fact in DATA_FACTS})
     model.to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=model.hparams.lr, weight_decay=model.hparams.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(train_loader))
+    optimizer, scheduler = model.optimizer_and_schedule(epochs * len(train_loader))
     scaler = torch.amp.GradScaler(enabled=autocast_dtype == torch.float16)
 
     def forward(images: torch.Tensor) -> torch.Tensor:

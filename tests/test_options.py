@@ -31,8 +31,10 @@ COMMON_FILES = {
     ".pre-commit-config.yaml",
     "README.md",
     "configs/default.yaml",
+    "configs/tune.yaml",
     "pyproject.toml",
     "scripts/slurm.sbatch",
+    "scripts/tune.sbatch",
     "tests/conftest.py",
     "tests/helper_callbacks.py",
     "tests/test_config.py",
@@ -46,6 +48,7 @@ COMMON_FILES = {
     "tests/test_robustness.py",
     "tests/test_run_options.py",
     "tests/test_train_predict.py",
+    "tests/test_tune.py",
 }
 
 PACKAGE_FILES = {
@@ -60,8 +63,10 @@ PACKAGE_FILES = {
     "model.py",
     "nets.py",
     "predict.py",
+    "pruning.py",
     "report.py",
     "train.py",
+    "tune.py",
 }
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -83,6 +88,8 @@ def expected_files(options: dict[str, str]) -> set[str]:
         files.add(".github/workflows/ci.yml")
     if answers["docker"] == "yes":
         files |= {"Dockerfile", ".dockerignore"}
+    if answers["dataset"] == "image_folder":  # its own data module, with its own tests
+        files = (files - {"tests/test_idx_files.py"}) | {"tests/test_image_folder.py"}
     return files
 
 
@@ -130,7 +137,7 @@ def test_config_files_parse_and_follow_the_answers(baked: tuple[dict[str, str], 
     for logger, package in LOGGER_PACKAGES.items():
         assert (package in dependencies) == (answers["logger"] == logger), package
     assert pyproject["project"].get("license", "none") == answers["license"]
-    for name in (".pre-commit-config.yaml", "configs/default.yaml"):
+    for name in (".pre-commit-config.yaml", "configs/default.yaml", "configs/tune.yaml"):
         assert isinstance(yaml.safe_load((project / name).read_text()), dict)
     if answers["ci"] == "github":
         workflow = yaml.safe_load((project / ".github/workflows/ci.yml").read_text())

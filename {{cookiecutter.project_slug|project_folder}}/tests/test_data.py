@@ -12,14 +12,16 @@ def batches(loader: DataLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(loader)
 
 
-def test_the_data_facts_are_consistent() -> None:
-    names = ImageDataModule.class_names
+def test_the_data_facts_are_consistent(data_args: dict[str, Any]) -> None:
+    # Read from an instance: a data module may learn them from its files (an image folder).
+    datamodule = ImageDataModule(**data_args)
+    names = datamodule.class_names
     assert len(names) >= 2 and len(set(names)) == len(names), f"class_names: {names}"
     assert all(isinstance(name, str) and name for name in names), "class names must be strings"
-    channels = ImageDataModule.channels
-    assert len(ImageDataModule.mean) == len(ImageDataModule.std) == channels
-    assert all(value > 0 for value in ImageDataModule.std)
-    assert len(ImageDataModule.image_size) == 2 and min(ImageDataModule.image_size) >= 8
+    channels = datamodule.channels
+    assert len(datamodule.mean) == len(datamodule.std) == channels
+    assert all(value > 0 for value in datamodule.std)
+    assert len(datamodule.image_size) == 2 and min(datamodule.image_size) >= 8
 
 
 def test_every_split_yields_uint8_images_and_labels_that_fit_the_facts(

@@ -11,7 +11,6 @@ from conftest import Fit
 from torchvision.io import decode_png, read_file, write_png
 
 from {{ cookiecutter.package_name }}.checkpoints import load_classifier
-from {{ cookiecutter.package_name }}.data import ImageDataModule
 from {{ cookiecutter.package_name }}.errors import CheckpointError
 from {{ cookiecutter.package_name }}.export import export
 from {{ cookiecutter.package_name }}.model import ImageClassifier
@@ -72,10 +71,11 @@ def test_fit_writes_checkpoints_config_and_test_metrics(trained: Run) -> None:
 
 def test_checkpoint_keeps_the_data_facts(trained: Run) -> None:
     hparams = torch.load(trained.best, map_location="cpu", weights_only=True)["hyper_parameters"]
-    assert list(hparams["class_names"]) == list(ImageDataModule.class_names)
-    assert hparams["channels"] == ImageDataModule.channels
-    assert list(hparams["image_size"]) == list(ImageDataModule.image_size)
-    assert list(hparams["mean"]) == pytest.approx(list(ImageDataModule.mean))
+    datamodule = trained.cli.datamodule
+    assert list(hparams["class_names"]) == list(datamodule.class_names)
+    assert hparams["channels"] == datamodule.channels
+    assert list(hparams["image_size"]) == list(datamodule.image_size)
+    assert list(hparams["mean"]) == pytest.approx(list(datamodule.mean))
 
 
 def test_test_report_pictures_decode(trained: Run) -> None:
@@ -121,7 +121,7 @@ def test_predict_test_split_matches_the_model(
     assert [row["source"] for row in rows] == [f"test/{i}" for i in range(len(images))]
     expected = probabilities(trained.best, images)
     assert [int(row["class_index"]) for row in rows] == expected.argmax(1).tolist()
-    names = ImageDataModule.class_names
+    names = trained.cli.datamodule.class_names
     assert [row["class_name"] for row in rows] == [names[i] for i in expected.argmax(1)]
     confidences = torch.tensor([float(row["confidence"]) for row in rows])
     assert torch.allclose(confidences, expected.max(1).values, atol=1e-5)
@@ -150,7 +150,8 @@ def test_predict_on_image_files_matches_the_model(
 
 
 def test_predict_converts_images_to_the_checkpoint_shape(trained: Run, tmp_path: Path) -> None:
-    channels, (height, width) = ImageDataModule.channels, ImageDataModule.image_size
+    datamodule = trained.cli.datamodule
+    channels, (height, width) = datamodule.channels, datamodule.image_size
     other = 3 if channels == 1 else 1
     write_png(
         torch.full((other, 2 * height + 1, width), 90, dtype=torch.uint8), str(tmp_path / "x.png")
@@ -167,7 +168,7 @@ def test_predict_converts_images_to_the_checkpoint_shape(trained: Run, tmp_path:
         ]
     )
     [row] = read_rows(output)
-    assert row["class_name"] in ImageDataModule.class_names
+    assert row["class_name"] in datamodule.class_names
 
 
 def test_predict_refuses_bad_checkpoints(tmp_path: Path) -> None:

@@ -1,13 +1,15 @@
 """The LightningModule: loss, metrics, optimizer and the train/val/test/predict steps."""
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
+from torch.optim import AdamW, Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, OneCycleLR
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -38,8 +40,9 @@ class ImageClassifier(pl.LightningModule):
         mean: Sequence[float],
         std: Sequence[float],
         net: NetFactory = ConvNet,
-        lr: float = 3e-3,
+        lr: float = 1e-2,
         weight_decay: float = 1e-4,
+        schedule: Literal["one_cycle", "cosine"] = "one_cycle",
     ) -> None:
         """
         Args:
@@ -49,8 +52,11 @@ class ImageClassifier(pl.LightningModule):
             mean: Per-channel pixel mean of the training images, 0-255 scale (from the data module).
             std: Per-channel pixel standard deviation, 0-255 scale (from the data module).
             net: The network: a class of nets.py and its own settings.
-            lr: Peak learning rate of AdamW, annealed to zero along a cosine.
+            lr: Peak learning rate of AdamW.
             weight_decay: AdamW's decoupled weight decay.
+            schedule: The learning rate over the run, stepped every batch: ``one_cycle`` rises
+                to ``lr`` over the first 30 % of the steps, then anneals along a cosine
+                (OneCycleLR); ``cosine`` starts at ``lr`` and anneals (CosineAnnealingLR).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -121,16 +127,19 @@ class ImageClassifier(pl.LightningModule):
         return {"class_index": class_index.cpu(), "confidence": confidence.cpu()}
 
     def configure_optimizers(self) -> dict:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=self.trainer.estimated_stepping_batches
-        )
+        optimizer, scheduler = self.optimizer_and_schedule(self.trainer.estimated_stepping_batches)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def optimizer_and_schedule(self, total_steps: int) -> tuple[Optimizer, LRScheduler]:
+        """AdamW and its learning-rate schedule over ``total_steps`` optimizer steps."""
+        hparams = self.hparams
+        optimizer = AdamW(self.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
+        if hparams.schedule == "cosine":
+            return optimizer, CosineAnnealingLR(optimizer, T_max=total_steps)
+        return optimizer, OneCycleLR(optimizer, max_lr=hparams.lr, total_steps=total_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The learning-rate schedule spans this many steps; a resumed fit must plan the same.

@@ -20,7 +20,7 @@ class ConvNet(nn.Module):
         num_classes: int,
         image_size: tuple[int, int],
         width: int = 16,
-        dropout: float = 0.25,
+        dropout: float = 0.0,
     ) -> None:
         """
         Args:

@@ -108,8 +108,8 @@ def mistakes_figure(
 
 
 def displayable(image: Tensor) -> tuple[np.ndarray, str | None]:
-    """Pixels and colour map for ``imshow``: three channels in colour, any other channel count
-    as the grayscale of its first channel."""
-    if image.shape[0] == 3:
-        return image.permute(1, 2, 0).numpy(), None
+    """Pixels and colour map for ``imshow``: RGB (and RGBA, without its alpha) in colour, any
+    other channel count as the grayscale of its first channel."""
+    if image.shape[0] in (3, 4):
+        return image[:3].permute(1, 2, 0).numpy(), None
     return image[0].numpy(), "gray"

@@ -1,0 +1,309 @@
+"""The image-folder loading of data.py: layout, class order, splits, cache, augmentation, errors.
+
+These tests cover data.py as generated; when data.py is replaced by a module for other data,
+they skip, and test_data.py keeps checking what the rest of the project relies on.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from {{ cookiecutter.package_name }} import data
+
+if not hasattr(data, "CACHE_VERSION"):
+    pytest.skip("data.py no longer reads an image folder", allow_module_level=True)
+
+
+def write_tree(root: Path, counts: dict[str, dict[str, int]], size: int = 12) -> Path:
+    """PNG files ``root/<split>/<class>/<n>.png``; each image's gray level is unique."""
+    level = 0
+    for split, classes in counts.items():
+        for name, count in classes.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                level += 1
+                image = Image.new("L", (size, size), level % 256)
+                image.save(root / split / name / f"{index}.png")
+    return root
+
+
+def module(root: Path, **arguments: Any) -> data.ImageDataModule:
+    return data.ImageDataModule(data_dir=str(root), image_size=[8, 8], channels=1, **arguments)
+
+
+def images_of(datamodule: data.ImageDataModule, split: str) -> torch.Tensor:
+    loader = getattr(datamodule, f"{split}_dataloader")()
+    return torch.cat([images for images, _ in loader])
+
+
+def labels_of(datamodule: data.ImageDataModule, split: str) -> torch.Tensor:
+    loader = getattr(datamodule, f"{split}_dataloader")()
+    return torch.cat([labels for _, labels in loader])
+
+
+@pytest.fixture
+def sample(data_args: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """A private copy of the tests' sample folder, free to change."""
+    shutil.copytree(data_args["data_dir"], tmp_path / "sample", ignore=shutil.ignore_patterns(".*"))
+    return {**data_args, "data_dir": str(tmp_path / "sample")}
+
+
+def test_every_format_size_and_mode_is_read(data_args: dict[str, Any]) -> None:
+    datamodule = data.ImageDataModule(**data_args)
+    files = [p for p in Path(data_args["data_dir"]).rglob("*.*") if ".cache" not in p.parts]
+    assert {p.suffix for p in files} == {".png", ".jpg", ".webp", ".gif", ".bmp", ".tiff"}
+    images = datamodule.cache["images"]
+    assert images.shape == (len(files), 3, 32, 32) and bool(datamodule.cache["readable"].all())
+    # Every image keeps its bright bar over dark noise: 16-bit ones scaled, not truncated.
+    brightest, darkest = images.flatten(1).max(1).values, images.flatten(1).min(1).values
+    assert bool((brightest > 150).all() and (darkest < 80).all())
+
+
+def test_class_names_are_the_sorted_folder_names(tmp_path: Path) -> None:
+    # Names that differ only in case would share a folder on macOS and Windows.
+    classes = {"b": 2, "C": 2, "a": 2, "a b": 2, ".ipynb_checkpoints": 0}
+    datamodule = module(write_tree(tmp_path, {"train": classes}), val_size=1, test_size=1)
+    assert datamodule.class_names == ("C", "a", "a b", "b")
+    datamodule.setup("fit")
+    for path, label in zip(datamodule.cache["paths"], datamodule.cache["labels"], strict=True):
+        assert Path(path).parts[1] == datamodule.class_names[label], path
+
+
+def test_statistics_are_those_of_the_training_images(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for split, colour in (("train", (10, 100, 200)), ("test", (255, 255, 255))):
+        for name in ("x", "y"):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), colour).save(root / split / name / "0.png")
+    Image.new("RGB", (8, 8), (30, 100, 200)).save(root / "train" / "y" / "1.png")
+    datamodule = data.ImageDataModule(data_dir=str(root), image_size=[8, 8], val_size=1)
+    assert datamodule.mean == pytest.approx((50 / 3, 100, 200))
+    assert datamodule.std[0] == pytest.approx((800 / 9) ** 0.5)
+    # A constant channel gets std 1 rather than a division by zero.
+    assert datamodule.std[1:] == (1, 1)
+
+
+def test_held_out_splits_are_seeded_disjoint_and_keep_class_shares(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {"train": {"big": 60, "small": 20}})
+    datamodule = module(root, val_size=0.25, test_size=8)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    # Each image is one gray level, unique to it.
+    levels = {split: images_of(datamodule, split)[:, 0, 0, 0] for split in ("train", "val", "test")}
+    assert [len(split) for split in levels.values()] == [52, 20, 8]
+    levels = torch.cat(list(levels.values())).tolist()
+    assert sorted(levels) == list(range(1, 81)), "the splits overlap or lose images"
+    assert labels_of(datamodule, "val").bincount().tolist() == [15, 5]
+    assert labels_of(datamodule, "test").bincount().tolist() == [6, 2]
+    again = module(root, val_size=0.25, test_size=8)
+    again.setup("fit")
+    assert torch.equal(images_of(again, "val"), images_of(datamodule, "val"))
+    other_seed = module(root, val_size=0.25, test_size=8, split_seed=1)
+    other_seed.setup("fit")
+    assert not torch.equal(images_of(other_seed, "val"), images_of(datamodule, "val"))
+
+
+def test_val_and_test_folders_replace_the_held_out_splits(tmp_path: Path) -> None:
+    counts = {"train": {"a": 5, "b": 5}, "val": {"a": 2, "b": 1}, "test": {"a": 1, "b": 3}}
+    datamodule = module(write_tree(tmp_path, counts), val_size=0.5, test_size=0.5)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    assert labels_of(datamodule, "val").tolist() == [0, 0, 1]
+    assert labels_of(datamodule, "test").tolist() == [0, 1, 1, 1]
+    assert len(labels_of(datamodule, "train")) == 10
+
+
+def test_second_start_reads_the_cache_and_a_changed_folder_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = []
+    read_all = data.read_all
+    monkeypatch.setattr(data, "read_all", lambda *args: reads.append(1) or read_all(*args))
+    root = write_tree(tmp_path, {"train": {"a": 4, "b": 4}})
+    first = module(root, val_size=2, test_size=2)
+    [cache] = (root / ".cache").glob("*.pt")
+    second = module(root, val_size=3, test_size=1, split_seed=5)
+    assert len(reads) == 1, "the cache was not used, or split settings invalidated it"
+    assert second.mean == first.mean
+
+    Image.new("L", (12, 12), 200).save(root / "train" / "a" / "new.png")
+    assert len(module(root, val_size=2, test_size=2).cache["paths"]) == 9
+    one_file = root / "train" / "b" / "0.png"
+    Image.new("L", (12, 12), 201).save(one_file)  # same name and size, new content
+    os.utime(one_file, ns=(one_file.stat().st_atime_ns, one_file.stat().st_mtime_ns + 10**9))
+    changed = module(root, val_size=2, test_size=2)
+    assert 201 in changed.cache["images"].flatten().tolist()
+    assert len(reads) == 3
+    assert not cache.exists(), "a cache of an earlier state of the folder was kept"
+
+    data.ImageDataModule(data_dir=str(root), image_size=[9, 9], channels=1, val_size=2)
+    assert len(reads) == 4, "other settings must not reuse the cache"
+    assert len(list((root / ".cache").glob("*.pt"))) == 2, "caches of other settings stay"
+
+
+def test_cache_folder_can_be_elsewhere(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "data", {"train": {"a": 3, "b": 3}})
+    module(root, val_size=1, test_size=1, cache_dir=str(tmp_path / "cache"))
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert not (root / ".cache").exists()
+
+
+def test_sets_above_max_cache_gb_stream_the_same_batches(sample: dict[str, Any]) -> None:
+    cached = data.ImageDataModule(**sample)
+    streamed = data.ImageDataModule(**{**sample, "max_cache_gb": 0, "num_workers": 1})
+    assert "images" not in streamed.cache
+    assert (streamed.mean, streamed.std) == (cached.mean, cached.std)
+    for datamodule in (cached, streamed):
+        datamodule.setup("fit")
+        datamodule.setup("test")
+    assert isinstance(streamed.datasets["train"], data.StreamedImages)
+    for split in ("val", "test"):
+        assert torch.equal(images_of(streamed, split), images_of(cached, split)), split
+        assert torch.equal(labels_of(streamed, split), labels_of(cached, split)), split
+
+
+def first_training_batch(datamodule: data.ImageDataModule) -> torch.Tensor:
+    images, _ = datamodule.datasets["train"].__getitems__(list(range(32)))
+    return images
+
+
+def test_augmentation_changes_training_images_only(data_args: dict[str, Any]) -> None:
+    augment = [v2.RandomResizedCrop([32, 32], scale=(0.5, 1.0)), v2.ColorJitter(brightness=0.5)]
+    plain = data.ImageDataModule(**data_args)
+    augmented = data.ImageDataModule(**data_args, augment=augment)
+    for datamodule in (plain, augmented):
+        datamodule.setup("fit")
+        datamodule.setup("test")
+    first_epoch, second_epoch = first_training_batch(augmented), first_training_batch(augmented)
+    assert first_epoch.shape == (32, 3, 32, 32) and first_epoch.dtype == torch.uint8
+    assert not torch.equal(first_epoch, first_training_batch(plain))
+    assert not torch.equal(first_epoch, second_epoch), "the same changes in every epoch"
+    for split in ("val", "test"):
+        assert torch.equal(images_of(augmented, split), images_of(plain, split)), split
+
+
+def test_each_image_gets_its_own_random_augmentation(data_args: dict[str, Any]) -> None:
+    plain = data.ImageDataModule(**data_args)
+    flipping = data.ImageDataModule(**data_args, augment=[v2.RandomHorizontalFlip()])
+    plain.setup("fit")
+    flipping.setup("fit")
+    pairs = zip(first_training_batch(flipping), first_training_batch(plain), strict=True)
+    flipped = [torch.equal(image, original.flip(-1)) for image, original in pairs]
+    assert 0 < sum(flipped) < len(flipped), "one coin flip for the whole batch"
+
+
+@pytest.mark.parametrize(
+    ("augment", "message"),
+    [
+        ([v2.RandomResizedCrop([16, 16])], r"shape \(3, 32, 32\) into \(3, 16, 16\)"),
+        ([v2.ToDtype(torch.float32, scale=True)], "must return uint8 image tensors"),
+    ],
+    ids=["wrong-size", "float-output"],
+)
+def test_augmentation_that_breaks_the_images_is_refused_before_training(
+    data_args: dict[str, Any], augment: list, message: str
+) -> None:
+    datamodule = data.ImageDataModule(**data_args, augment=augment)
+    with pytest.raises(data.DatasetError, match=message):
+        datamodule.setup("fit")
+
+
+def test_unwritable_cache_folder_is_named(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "data", {"train": {"a": 3, "b": 3}})
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(data.DatasetError, match=r"cannot write the image cache in .*cache_dir"):
+        module(root, val_size=1, test_size=1, cache_dir=str(tmp_path / "file" / "cache"))
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_missing_train_folder_says_where_to_put_the_classes(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"cats": {"x": 1}, "dogs": {"x": 1}})
+    with pytest.raises(data.DatasetError, match=r"has no train/ folder.*if cats, dogs"):
+        module(tmp_path)
+    with pytest.raises(data.DatasetError, match="does not exist"):
+        module(tmp_path / "nowhere")
+
+
+def test_one_class_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(data.DatasetError, match=r"at least two class folders.*found 1: only"):
+        module(write_tree(tmp_path, {"train": {"only": 3}}))
+
+
+def test_files_that_are_not_images_are_left_out_with_a_warning(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {"train": {"a": 3, "b": 3}})
+    (root / "train" / "a" / "notes.txt").write_text("not an image")
+    (root / "train" / "a" / ".DS_Store").write_text("hidden: no warning")
+    (root / "train" / "b" / ".ipynb_checkpoints").mkdir()
+    Image.new("L", (8, 8)).save(root / "train" / "b" / ".ipynb_checkpoints" / "0.png")
+    with pytest.warns(UserWarning, match=r"ignored 1 file\(s\) without an image .*notes\.txt"):
+        datamodule = module(root, val_size=1, test_size=1)
+    assert len(datamodule.cache["paths"]) == 6
+
+
+def test_empty_class_folder_is_named(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {"train": {"a": 3, "b": 3}})
+    (root / "train" / "empty").mkdir()
+    (root / "train" / "empty" / "notes.txt").write_text("no images here")
+    folder = re.escape(str(root / "train" / "empty"))
+    with pytest.raises(data.DatasetError, match=f"class folder {folder} holds no images"):
+        module(root)
+
+
+def test_test_folder_with_other_classes_is_refused(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"a": 1, "c": 1}})
+    with pytest.raises(data.DatasetError, match=r"test/ only: c; train/ only: b"):
+        module(root)
+
+
+def test_unreadable_image_is_named_or_skipped_with_a_warning(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {"train": {"a": 4, "b": 4}})
+    truncated = root / "train" / "b" / "2.png"
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    with pytest.raises(data.DatasetError) as error:
+        module(root, val_size=1, test_size=1)
+    name = str(truncated)
+    assert name in str(error.value) and "--data.skip_bad_images" in str(error.value)
+    with pytest.warns(UserWarning, match=f"left out 1 unreadable image.*{re.escape(name)}"):
+        datamodule = module(root, val_size=1, test_size=1, skip_bad_images=True)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    assert sum(len(datamodule.datasets[split]) for split in ("train", "val", "test")) == 7
+
+
+def test_same_image_in_train_and_test_gives_a_warning(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1}})
+    shutil.copy(root / "train" / "a" / "0.png", root / "test" / "b" / "copy.png")
+    with pytest.warns(UserWarning, match="1 image.* also in train/, e.g. test/b/copy.png"):
+        module(root, val_size=1)
+
+
+def test_held_out_sizes_must_leave_training_images(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {"train": {"a": 5, "b": 5}})
+    with pytest.raises(data.DatasetError, match="leaves none of the 10 images"):
+        module(root, val_size=5, test_size=0.5).setup("fit")
+    with pytest.raises(data.DatasetError, match=r"val_size 0\.01 of 10 images is no image"):
+        module(root, val_size=0.01).setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("channels", 5, "must be 1, 2, 3 or 4"),
+        ("image_size", [8], r"must be \[height, width\]"),
+        ("val_size", 0, "must be a fraction or a count, not 0"),
+        ("test_size", -1, "must be a fraction or a count, not -1"),
+        ("batch_size", 0, "must be at least 1"),
+        ("num_workers", -1, "must be at least 0"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and value.isidentifier() else "",
+)
+def test_out_of_range_arguments_are_refused(name: str, value: Any, message: str) -> None:
+    with pytest.raises(data.DatasetError, match=f"--data.{name} {message}"):
+        data.ImageDataModule(**{name: value})

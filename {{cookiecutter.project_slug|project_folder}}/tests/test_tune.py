@@ -1,0 +1,413 @@
+"""The search over the config: trials are runs of train, weak ones are pruned, an interrupted
+or killed search continues to exactly n_trials, workers share a study in every kind of
+storage, and bad input stops the search in one line before any trial."""
+
+import csv
+import gc
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import pytorch_lightning as pl
+import yaml
+from conftest import PROJECT, QUICK_FIT
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from {{ cookiecutter.package_name }} import tune
+from {{ cookiecutter.package_name }}.train import train
+
+# Tiny trials: two epochs (QUICK_FIT) of a few batches of the sample.
+TRIAL_FLAGS = [
+    *QUICK_FIT,
+    "--trainer.limit_train_batches=4",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+]
+LEARNING_RATE = {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class SignalInTrial(pl.Callback):
+    """After the first training step of trial number ``trial`` (known by its run folder),
+    send ``signum`` (e.g. "SIGTERM") to this process, as kill or a scheduler would."""
+
+    def __init__(self, trial: int, signum: str) -> None:
+        self.trial = trial
+        self.signum = signal.Signals[signum]
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: object,
+        batch: object,
+        batch_idx: int,
+    ) -> None:
+        in_trial = Path(trainer.default_root_dir).name == f"trial_{self.trial:04d}"
+        if in_trial and trainer.global_step == 1:
+            os.kill(os.getpid(), self.signum)
+
+
+class SignalAfterTrial(pl.Callback):
+    """At the end of trial number ``trial``, leave garbage whose finalizer sends SIGTERM to
+    this process: the signal then arrives while Optuna collects the garbage of the trial."""
+
+    def __init__(self, trial: int) -> None:
+        self.trial = trial
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if Path(trainer.default_root_dir).name == f"trial_{self.trial:04d}":
+            garbage = SignalWhenCollected()
+            garbage.cycle = garbage  # only the garbage collector frees a reference cycle
+
+
+class SignalWhenCollected:
+    cycle: object
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Rendezvous(pl.Callback):
+    """Hold the first fit of each process until ``parties`` processes have one running, so
+    that their trials surely overlap."""
+
+    def __init__(self, folder: str, parties: int) -> None:
+        self.folder = Path(folder)
+        self.parties = parties
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        (self.folder / str(os.getpid())).touch()
+        deadline = time.monotonic() + 60
+        while len(list(self.folder.iterdir())) < self.parties and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def write_search(folder: Path, **fields: Any) -> Path:
+    """A search file: the given fields over small defaults (2 trials, val/loss, no pruning)."""
+    spec = {
+        "study_name": "test",
+        "n_trials": 2,
+        "metric": "val/loss",
+        "direction": "minimize",
+        "pruner": {"class_path": "optuna.pruners.NopPruner"},
+        "search_space": {"model.lr": LEARNING_RATE},
+        **fields,
+    }
+    path = folder / "search.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def tune_command(search: Path, data_flags: list[str], *extra: str) -> list[str]:
+    module = "{{ cookiecutter.package_name }}.tune"
+    return [sys.executable, "-m", module, f"--search={search}", *data_flags, *TRIAL_FLAGS, *extra]
+
+
+def load_trials(storage: str) -> list[FrozenTrial]:
+    study = optuna.load_study(study_name="test", storage=tune.open_storage(storage, None))
+    return study.get_trials()
+
+
+def signal_in_trial(trial: int, signum: str) -> str:
+    arguments = {"trial": trial, "signum": signum}
+    callback = {"class_path": "test_tune.SignalInTrial", "init_args": arguments}
+    return f"--trainer.callbacks={json.dumps([callback])}"
+
+
+def signal_after_trial(trial: int) -> str:
+    callback = {"class_path": "test_tune.SignalAfterTrial", "init_args": {"trial": trial}}
+    return f"--trainer.callbacks={json.dumps([callback])}"
+
+
+def test_shipped_search_space_names_settings_of_the_default_config() -> None:
+    search = tune.load_search(PROJECT / "configs" / "tune.yaml")
+    tune.check_train_args(search, ["--config", str(PROJECT / "configs" / "default.yaml")])
+    assert search.direction == "maximize" and search.metric == "val/acc"
+
+
+def test_weak_trial_is_pruned_and_best_yaml_retrains_the_best(
+    data_flags: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    # The first trial learns; the second, with a learning rate 10,000 times smaller, cannot,
+    # and an aggressive pruner stops it after its first epoch.
+    study = optuna.create_study(study_name="test", storage=storage, direction="minimize")
+    study.enqueue_trial({"model.lr": 1.0e-2})
+    study.enqueue_trial({"model.lr": 1.0e-6})
+    median = {"n_startup_trials": 1, "n_warmup_steps": 0}
+    pruner = {"class_path": "optuna.pruners.MedianPruner", "init_args": median}
+    search = write_search(tmp_path, pruner=pruner)
+
+    study = tune.tune([f"--search={search}", f"--storage={storage}", *data_flags, *TRIAL_FLAGS])
+
+    good, weak = study.get_trials()
+    assert (good.state, weak.state) == (TrialState.COMPLETE, TrialState.PRUNED)
+    assert list(good.intermediate_values) == [0, 1] and list(weak.intermediate_values) == [0]
+    assert weak.intermediate_values[0] > good.intermediate_values[0]
+    assert good.value == min(good.intermediate_values.values())
+    # Each trial is a run in its own folder; the pruned one stopped before testing.
+    assert len(list(Path(weak.user_attrs["run_dir"]).rglob("config.yaml"))) == 1
+    assert not list(Path(weak.user_attrs["run_dir"]).rglob("test_metrics.json"))
+    [summary] = Path(good.user_attrs["run_dir"]).rglob("test_metrics.json")
+    assert json.loads(summary.read_text())["test/acc"] == pytest.approx(good.user_attrs["test/acc"])
+
+    results = tmp_path / "logs" / "tune" / "test"
+    with (results / "trials.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["number"], row["state"], row["epochs"]) for row in rows] == [
+        ("0", "COMPLETE", "2"),
+        ("1", "PRUNED", "1"),
+    ]
+    assert (results / "optimization_history.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert not (results / "param_importances.png").exists(), "one complete trial: no comparison"
+
+    best = results / "best.yaml"
+    assert yaml.safe_load(best.read_text())["model"]["lr"] == good.params["model.lr"]
+    (tmp_path / "retrain").mkdir()
+    monkeypatch.chdir(tmp_path / "retrain")
+    cli = train(["--config", str(best)])
+    [checkpoint] = [c for c in cli.trainer.checkpoint_callbacks if c.monitor == "val/loss"]
+    assert float(checkpoint.best_model_score) == pytest.approx(good.value, rel=1e-5)
+
+
+def test_sigterm_stops_the_search_and_a_rerun_finishes_exactly_n_trials(
+    data_flags: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    search = write_search(tmp_path, n_trials=2)
+    arguments = [f"--search={search}", *data_flags, *TRIAL_FLAGS]
+    # The default storage: SQLite under logs/.
+    storage = f"sqlite:///{tmp_path / 'logs' / 'tune' / 'optuna.db'}"
+    handlers = [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)]
+    interrupted = "interrupted (a trial in progress is marked failed): rerun"
+
+    # This process is the tune process. SIGTERM after the first trial, while Optuna collects
+    # its garbage (automatic collection off, so that this is when): no second trial starts.
+    gc.disable()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            tune.main([*arguments, signal_after_trial(0)])
+    finally:
+        gc.enable()
+    assert str(stopped.value.code).startswith(interrupted)
+    assert [trial.state for trial in load_trials(storage)] == [TrialState.COMPLETE]
+
+    # SIGTERM while the next trial trains: that trial is marked failed.
+    with pytest.raises(SystemExit) as stopped:
+        tune.main([*arguments, signal_in_trial(1, "SIGTERM")])
+    assert str(stopped.value.code).startswith(interrupted)
+    assert [trial.state for trial in load_trials(storage)] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)] == handlers
+
+    tune.tune(arguments)
+
+    # The interrupted trial stays failed; one more makes two finished.
+    states = [trial.state for trial in load_trials(storage)]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+
+
+@pytest.mark.slow
+def test_killed_workers_trial_is_found_by_its_heartbeat_and_retried(
+    data_flags: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    child_env: dict[str, str],
+) -> None:
+    heartbeat = 1
+    search = write_search(tmp_path, n_trials=1, heartbeat_interval=heartbeat)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    killed_worker = subprocess.run(
+        tune_command(search, data_flags, f"--storage={storage}", signal_in_trial(0, "SIGKILL")),
+        cwd=tmp_path,
+        env=child_env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed_worker.returncode == -signal.SIGKILL
+    [killed] = load_trials(storage)
+    assert killed.state == TrialState.RUNNING, "nothing could mark it: the process was killed"
+    # Optuna's default grace period is two heartbeat intervals.
+    time.sleep(2 * heartbeat + 1)
+
+    monkeypatch.chdir(tmp_path)
+    tune.tune([f"--search={search}", f"--storage={storage}", *data_flags, *TRIAL_FLAGS])
+
+    trials = load_trials(storage)
+    assert trials[0].state == TrialState.FAIL
+    [retry] = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 0]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    """A throw-away PostgreSQL server on loopback, where its binaries are installed."""
+    found = shutil.which("pg_ctl")
+    folders = [Path(found).parent] if found else []
+    folders += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    folders = [folder for folder in folders if (folder / "initdb").is_file()]
+    if not folders:
+        pytest.skip("no PostgreSQL server here (initdb and pg_ctl not found)")
+    pytest.importorskip("psycopg", reason='the driver is missing: pip install "psycopg[binary]"')
+    # PostgreSQL refuses to run as root: as root, run it as the postgres user, in a folder it
+    # owns outside pytest's private temporary folders.
+    as_server: list[str] = []
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root without a postgres user to run the server")
+        as_server = ["runuser", "-u", "postgres", "--"]
+    folder = Path(tempfile.mkdtemp(prefix="tune-postgresql-"))
+    data = folder / "data"
+    pg_ctl = [*as_server, str(folders[0] / "pg_ctl"), "-D", str(data)]
+    try:
+        if as_server:
+            shutil.chown(folder, "postgres")
+        initdb = [*as_server, str(folders[0] / "initdb"), "-D", str(data), "-A", "trust"]
+        subprocess.run([*initdb, "-U", "postgres"], check=True, capture_output=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        options = f"-k {folder} -p {port} -h 127.0.0.1"
+        start = [*pg_ctl, "-o", options, "-l", str(folder / "server.log"), "-w", "start"]
+        subprocess.run(start, check=True, capture_output=True)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_two_workers_share_one_study(
+    kind: str,
+    data_flags: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    child_env: dict[str, str],
+    request: pytest.FixtureRequest,
+) -> None:
+    storage = {
+        "journal": lambda: str(tmp_path / "journal.log"),
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'study.db'}",
+        "postgresql": lambda: request.getfixturevalue("postgresql_url"),
+    }[kind]()
+    search = write_search(tmp_path, n_trials=2)
+    (tmp_path / "rendezvous").mkdir()
+    meet = {
+        "class_path": "test_tune.Rendezvous",
+        "init_args": {"folder": "rendezvous", "parties": 2},
+    }
+    flags = [
+        f"--storage={storage}",
+        "--trainer.max_epochs=1",
+        f"--trainer.callbacks={json.dumps([meet])}",
+    ]
+    # One worker in a process of its own, the other in this one; they meet in their first trial.
+    other = subprocess.Popen(
+        tune_command(search, data_flags, *flags),
+        cwd=tmp_path,
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+    )
+    monkeypatch.chdir(tmp_path)
+    tune.tune([f"--search={search}", *data_flags, *TRIAL_FLAGS, *flags])
+    assert other.wait(timeout=300) == 0
+
+    trials = load_trials(storage)
+    finished = [trial for trial in trials if trial.state in FINISHED]
+    assert len(finished) == 2
+    # The storage numbers trials: no number twice, none skipped. Trials beyond n_trials
+    # (two workers asking at the same moment) gave way before training.
+    assert sorted(trial.number for trial in trials) == list(range(len(trials)))
+    assert all(trial.user_attrs.get("surplus") for trial in trials if trial not in finished)
+    assert len({trial.user_attrs["worker"] for trial in finished}) == 2
+    first, second = sorted(finished, key=lambda trial: trial.datetime_start)[:2]
+    assert second.datetime_start < first.datetime_complete, "the workers took turns"
+    for trial in finished:
+        assert len(list((tmp_path / trial.user_attrs["run_dir"]).rglob("test_metrics.json"))) == 1
+
+    results = tmp_path / "logs" / "tune" / "test"
+    with (results / "trials.csv").open(newline="") as file:
+        assert sum(row["state"] == "COMPLETE" for row in csv.DictReader(file)) == 2
+    for plot in ("optimization_history.png", "param_importances.png"):
+        assert (results / plot).read_bytes()[:8] == PNG_SIGNATURE
+    assert (results / "best.yaml").is_file()
+
+
+def test_trial_beyond_n_trials_gives_way() -> None:
+    # Two workers asked for the last of 2 trials at once; a third worker's trial failed.
+    study = optuna.create_study()
+    first, second, third, failed = (study.ask() for _ in range(4))
+    study.tell(first, 0.5)
+    study.tell(failed, state=TrialState.FAIL)
+    assert not tune.surplus(second, n_trials=2)
+    assert tune.surplus(third, n_trials=2)
+    assert not tune.surplus(study.ask(), n_trials=4), "failed trials leave their place"
+
+
+@pytest.mark.parametrize(
+    ("fields", "extra", "message"),
+    [
+        ({"search_space": {"model.nope": LEARNING_RATE}}, [], "unknown config key model.nope"),
+        (
+            {"search_space": {"model.lr": {"type": "float", "low": 0.1, "high": 0.01}}},
+            [],
+            "search_space model.lr is not a valid float distribution",
+        ),
+        (
+            {"search_space": {"data.batch_size": {"type": "categorical", "choices": [8, "big"]}}},
+            [],
+            "search_space data.batch_size = 'big'",
+        ),
+        ({}, ["--trainer.max_epochs=abc"], "train refuses its arguments"),
+        ({}, ["--trainer.devices=2"], "tune runs each trial on one device"),
+        ({}, ["--storage=sqlite:///missing/study.db"], "cannot open the storage"),
+        ({}, ["--storage=missing/journal.log"], "cannot open the storage"),
+        ({"direction": "maximize"}, [], "the study test in this storage is to minimize"),
+    ],
+    ids=[
+        "unknown-key",
+        "invalid-distribution",
+        "refused-value",
+        "refused-train-flag",
+        "several-devices",
+        "unopenable-sqlite",
+        "unopenable-journal",
+        "another-direction",
+    ],
+)
+def test_bad_input_is_one_line_and_starts_no_trial(
+    fields: dict[str, Any],
+    extra: list[str],
+    message: str,
+    data_flags: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="test", storage=storage, direction="minimize")
+    search = write_search(tmp_path, **fields)
+    with pytest.raises(SystemExit) as stopped:
+        tune.main([f"--search={search}", f"--storage={storage}", *data_flags, *TRIAL_FLAGS, *extra])
+    assert str(stopped.value.code).startswith("error: ")
+    assert message in str(stopped.value.code) and "\n" not in str(stopped.value.code)
+    assert load_trials(storage) == [] and not (tmp_path / "logs").exists()
