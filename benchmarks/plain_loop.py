@@ -4,6 +4,7 @@
 prints the fit seconds (training and per-epoch validation) as JSON.
 """
 
+import gc
 import json
 import sys
 import time
@@ -18,7 +19,10 @@ def main(src: str, data_dir: str, epochs: int) -> None:
     from mnist_lab.hardware import default_precision, trainer_defaults
     from mnist_lab.model import DATA_FACTS, ImageClassifier
 
+    # The same process settings as the train command: allocator (in trainer_defaults) and a
+    # garbage collector that leaves the import-time objects alone.
     trainer_defaults()
+    gc.freeze()
     torch.manual_seed(42)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(

@@ -3,12 +3,12 @@
 import shutil
 from pathlib import Path
 
-LICENSE = {{ cookiecutter.license | quoted }}
-CI = {{ cookiecutter.ci | quoted }}
-DOCKER = {{ cookiecutter.docker | quoted }}
-DATASET = {{ cookiecutter.dataset | quoted }}
-PROJECT_SLUG = {{ cookiecutter.project_slug | quoted }}
-PACKAGE_NAME = {{ cookiecutter.package_name | quoted }}
+LICENSE = {{cookiecutter.license | quoted}}
+CI = {{cookiecutter.ci | quoted}}
+DOCKER = {{cookiecutter.docker | quoted}}
+DATASET = {{cookiecutter.dataset | quoted}}
+PROJECT_SLUG = {{cookiecutter.project_slug | quoted}}
+PACKAGE_NAME = {{cookiecutter.package_name | quoted}}
 
 # The image-folder project has no data of its own: training needs the user's folder.
 DATA_FLAG = " --data.data_dir <folder holding train/<class>/>" if DATASET == "image_folder" else ""

@@ -4,9 +4,9 @@ import keyword
 import re
 import sys
 
-PROJECT_SLUG = {{ cookiecutter.project_slug | quoted }}
-PACKAGE_NAME = {{ cookiecutter.package_name | quoted }}
-AUTHOR_EMAIL = {{ cookiecutter.author_email | quoted }}
+PROJECT_SLUG = {{cookiecutter.project_slug | quoted}}
+PACKAGE_NAME = {{cookiecutter.package_name | quoted}}
+AUTHOR_EMAIL = {{cookiecutter.author_email | quoted}}
 
 # The generated project's dependencies, every extra and the build backend included, with the
 # top-level modules each installs (and those of the packages they pull in that a project
@@ -26,7 +26,10 @@ DEPENDENCY_MODULES = {
     "onnx": ("onnx",),
     "onnxscript": ("onnxscript", "onnx_ir"),
     "onnxruntime": ("onnxruntime",),
-    "litserve": ("litserve", "fastapi", "starlette", "uvicorn"),
+    "litserve": (
+        "litserve", "fastapi", "starlette", "uvicorn", "pydantic", "pydantic_core", "zmq",
+        "anyio", "h11", "httptools", "uvloop", "websockets", "watchfiles", "dotenv", "click",
+    ),
     "python-multipart": ("multipart", "python_multipart"),
     "optuna": ("optuna", "sqlalchemy", "alembic", "mako", "colorlog", "tqdm"),
     "optuna-dashboard": ("optuna_dashboard",),

@@ -99,7 +99,7 @@ def test_replacing_only_data_py_keeps_everything_working(bake: Bake, tmp_path: P
     project = copy_of(bake(), tmp_path)
     (project / "src/mnist_lab/data.py").write_text(textwrap.dedent(STAND_IN_DATA).lstrip())
 
-    suite = run_in(project, "-m", "pytest", "-q", "-p", "no:cacheprovider")
+    suite = run_in(project, "-m", "pytest", "-q", "-p", "no:cacheprovider", timeout=900)
     summary = suite.stdout.strip().splitlines()[-1]
     # Only what belongs to the replaced module skips, saying why: the IDX-loader tests, and the
     # check of the config's data: section, which a user updates along with data.py.

@@ -47,6 +47,7 @@ COMMON_FILES = {
     "tests/test_resume.py",
     "tests/test_robustness.py",
     "tests/test_run_options.py",
+    "tests/test_serve.py",
     "tests/test_train_predict.py",
     "tests/test_tune.py",
 }
@@ -65,6 +66,7 @@ PACKAGE_FILES = {
     "predict.py",
     "pruning.py",
     "report.py",
+    "serve.py",
     "train.py",
     "tune.py",
 }
@@ -157,7 +159,8 @@ def test_model_option_only_sets_the_configured_network(bake: Bake) -> None:
     differ = {
         name for name in baked_files(cnn) if (cnn / name).read_bytes() != (mlp / name).read_bytes()
     }
-    assert differ == {"configs/default.yaml", "README.md"}
+    # The search space names the chosen network's settings too.
+    assert differ == {"configs/default.yaml", "configs/tune.yaml", "README.md"}
 
 
 def test_license_file_matches_the_choice(bake: Bake) -> None:

@@ -134,9 +134,17 @@ def signal_after_trial(trial: int) -> str:
     return f"--trainer.callbacks={json.dumps([callback])}"
 
 
-def test_shipped_search_space_names_settings_of_the_default_config() -> None:
+def test_shipped_search_space_names_settings_of_the_default_config(
+    data_flags: list[str], tmp_path: Path
+) -> None:
+    # The config's data: section belongs to data.py (test_config.py checks it); the search
+    # is checked against the data module's own arguments.
+    config = yaml.safe_load((PROJECT / "configs" / "default.yaml").read_text())
+    config.pop("data")
+    without_data = tmp_path / "config.yaml"
+    without_data.write_text(yaml.safe_dump(config))
     search = tune.load_search(PROJECT / "configs" / "tune.yaml")
-    tune.check_train_args(search, ["--config", str(PROJECT / "configs" / "default.yaml")])
+    tune.check_train_args(search, ["--config", str(without_data), *data_flags])
     assert search.direction == "maximize" and search.metric == "val/acc"
 
 

@@ -75,7 +75,9 @@ def decode_with_pillow(data: bytes, channels: int) -> Tensor:
                 scale = 255 / (65535 if picture.mode.startswith("I;16") else max(pixels.max(), 1))
                 picture = Image.fromarray((pixels * scale).round().clip(0, 255).astype(np.uint8))
             pixels = np.asarray(picture.convert(PILLOW_MODES[channels]))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except UnidentifiedImageError as error:  # its message holds only the buffer's address
+        raise ImageError("not an image in a known format") from error
+    except (OSError, ValueError) as error:
         raise ImageError(f"not an image in a known format, or truncated ({error})") from error
     return torch.from_numpy(pixels.copy()).reshape(*pixels.shape[:2], channels).permute(2, 0, 1)
 

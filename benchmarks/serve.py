@@ -1,0 +1,322 @@
+"""Load-test the baked project's LitServe server on loopback against a plain endpoint; one table.
+
+    python benchmarks/serve.py [--ckpt_path CKPT] [--requests 5000] [--concurrency 1 8 32]
+
+Bakes the default project and, without --ckpt_path, trains a checkpoint for one epoch on the
+data module's own small sample (the model's speed does not depend on its accuracy). Then it
+starts, one at a time on a free 127.0.0.1 port:
+
+- the project's server (`python -m mnist_lab.serve`) with its default batching;
+- the same with batching off (--max_batch_size 1);
+- benchmarks/plain_server.py, one FastAPI process doing the same decoding and model call per
+  request, as a user would write it; and the same with OMP_NUM_THREADS=1 (torch's default of
+  one thread per core loses to the load generator on a small machine).
+
+Each is sent PNG files of the test split as multipart uploads. At each concurrency, after a
+short warm-up, each client sends a request and waits for its answer, until --requests
+requests were sent or --max-seconds passed. Prints requests per second, latency percentiles,
+errors (any answer but 200) and, on Linux, the CPU time the server's processes spent per
+request. The load generator shares the machine with the servers: a minimal asyncio HTTP/1.1
+client on keep-alive connections, to take as little CPU from them as possible.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from cookiecutter.main import cookiecutter
+
+HERE = Path(__file__).resolve().parent
+TEMPLATE_DIR = HERE.parent
+BOUNDARY = "benchmark-boundary"
+LIMITS = {"requests": 5000, "concurrency": 64, "max_seconds": 120}
+
+
+@dataclass
+class Run:
+    server: str
+    concurrency: int
+    requests: int
+    seconds: float
+    latencies: list[float]
+    errors: int
+    cpu_seconds: float | None  # of the server's processes; None where /proc is missing
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    def row(self) -> tuple[str, ...]:
+        cpu = "n/a" if self.cpu_seconds is None else f"{self.cpu_seconds / self.requests * 1e3:.2f}"
+        return (
+            self.server,
+            str(self.concurrency),
+            str(self.requests),
+            f"{self.throughput:.0f}",
+            *(f"{self.percentile_ms(q):.1f}" for q in (0.50, 0.95, 0.99)),
+            str(self.errors),
+            cpu,
+        )
+
+
+HEADER = ("server", "clients", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors")
+HEADER += ("CPU ms/req",)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def upload_request(port: int, png: bytes) -> bytes:
+    """One POST /predict with ``png`` as the multipart form field ``image``."""
+    part = (
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=image; filename=x.png\r\n"
+        "Content-Type: image/png\r\n\r\n"
+    )
+    body = part.encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    """Send one request on a keep-alive connection; return the answer's status code."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    lengths = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    if not lengths:
+        raise ValueError("an answer without Content-Length")
+    await reader.readexactly(int(lengths[0].split(b":", 1)[1]))
+    return status
+
+
+async def load(
+    port: int, requests: list[bytes], concurrency: int, count: int, max_seconds: float
+) -> tuple[int, float, list[float], int]:
+    """Send ``count`` requests from ``concurrency`` clients, or fewer if time runs out; return
+    the requests sent, the seconds taken, the latencies of the answers and the errors."""
+    sent, errors, latencies = 0, 0, []
+    deadline = time.perf_counter() + max_seconds
+
+    async def client() -> None:
+        nonlocal sent, errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while sent < count and time.perf_counter() < deadline:
+            request = requests[sent % len(requests)]
+            sent += 1
+            start = time.perf_counter()
+            try:
+                status = await exchange(reader, writer, request)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                errors += 1
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                continue
+            latencies.append(time.perf_counter() - start)
+            errors += status != 200
+        writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return sent, time.perf_counter() - start, latencies, errors
+
+
+def cpu_seconds(root: int) -> float | None:
+    """CPU seconds used so far by process ``root`` and its descendants (Linux only)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    parents, used = {}, {}
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            pid = int(entry.name)
+            parents[pid] = int(fields[1])
+            used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    family, grew = {root}, True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= children
+        grew = bool(children)
+    return sum(used.get(pid, 0.0) for pid in family)
+
+
+def wait_until_healthy(port: int, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"error: the server exited with {process.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    sys.exit(f"error: the server was not healthy after 180 s; see {log}")
+
+
+def measure(
+    name: str, command: list[str], env: dict[str, str], log: Path, pngs: list[bytes], args
+) -> list[Run]:
+    """Start a server (its command takes the port last), load it at each concurrency, stop it."""
+    port = free_port()
+    requests = [upload_request(port, png) for png in pngs]
+    with log.open("w") as output:
+        # In a session of its own, so that every process the server starts can be ended.
+        process = subprocess.Popen(
+            [*command, str(port)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    runs = []
+    try:
+        wait_until_healthy(port, process, log)
+        for concurrency in args.concurrency:
+            asyncio.run(load(port, requests, concurrency, min(200, args.requests), 30))
+            cpu_before = cpu_seconds(process.pid)
+            sent, seconds, latencies, errors = asyncio.run(
+                load(port, requests, concurrency, args.requests, args.max_seconds)
+            )
+            cpu_after = cpu_seconds(process.pid)
+            cpu = None if cpu_before is None else cpu_after - cpu_before
+            runs.append(Run(name, concurrency, sent, seconds, latencies, errors, cpu))
+            print(" | ".join(runs[-1].row()), flush=True)
+    finally:
+        process.send_signal(signal.SIGTERM)  # the project's server stops its workers on SIGTERM
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):  # none left: the usual case
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return runs
+
+
+def sample(project: Path, data_dir: Path) -> tuple[list[bytes], list[str], str]:
+    """PNG files of the test split of the data module's sample, the --data flags that train on
+    the sample, and the image size."""
+    sys.path.insert(0, str(project / "src"))
+    from mnist_lab.data import ImageDataModule
+    from torchvision.io import encode_png
+
+    data_args = ImageDataModule.write_sample(data_dir)
+    datamodule = ImageDataModule(**data_args)
+    datamodule.setup("test")
+    pngs = [
+        encode_png(image).numpy().tobytes()
+        for images, _ in datamodule.test_dataloader()
+        for image in images
+    ]
+    flags = [f"--data.{name}={value}" for name, value in data_args.items()]
+    return pngs, flags, "x".join(str(size) for size in ImageDataModule.image_size)
+
+
+def train(project: Path, env: dict[str, str], data_flags: list[str]) -> Path:
+    command = [sys.executable, "-m", "mnist_lab.train", "--config", "configs/default.yaml"]
+    command += ["--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", *data_flags]
+    subprocess.run(command, cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
+    return next(p for p in project.glob("logs/**/checkpoints/*.ckpt") if p.name != "last.ckpt")
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        name = models[0] if models else name
+    return f"{name}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt_path", type=Path, help="checkpoint of the default bake's model")
+    parser.add_argument("--requests", type=int, default=5000, help="per server and concurrency")
+    parser.add_argument("--max-seconds", type=float, default=60, help="per server and concurrency")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args()
+    if not (
+        1 <= args.requests <= LIMITS["requests"]
+        and 1 <= min(args.concurrency) <= max(args.concurrency) <= LIMITS["concurrency"]
+        and 0 < args.max_seconds <= LIMITS["max_seconds"]
+    ):
+        parser.error(f"keep the load within {LIMITS}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="lightning-template-serve-bench-"))
+    project = Path(cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(workdir)))
+    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    pngs, data_flags, image_size = sample(project, workdir / "data")
+    ckpt_path = (args.ckpt_path or train(project, env, data_flags)).resolve()
+
+    serve = [sys.executable, "-m", "mnist_lab.serve", "--ckpt_path", str(ckpt_path)]
+    plain = [sys.executable, str(HERE / "plain_server.py"), str(project / "src"), str(ckpt_path)]
+    servers = [
+        ("LitServe, batching", [*serve, "--port"], env),
+        ("LitServe, no batching", [*serve, "--max_batch_size", "1", "--port"], env),
+        ("plain FastAPI", plain, env),
+        ("plain FastAPI, 1 thread", plain, {**env, "OMP_NUM_THREADS": "1"}),
+    ]
+    print(" | ".join(HEADER))
+    runs = []
+    for name, command, server_env in servers:
+        log = workdir / f"{name.replace(' ', '_').replace(',', '')}.log"
+        runs += measure(name, command, server_env, log, pngs, args)
+
+    rows = [HEADER, *(run.row() for run in runs)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(HEADER))]
+    print(f"\n{machine()}; {len(pngs)} distinct {image_size} PNG uploads\n")
+    for row in (rows[0], ["-" * width for width in widths], *rows[1:]):
+        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    top = max(args.concurrency)
+    at_top = {run.server: run for run in runs if run.concurrency == top}
+    batched = at_top["LitServe, batching"]
+    plain_best = max(
+        (run for name, run in at_top.items() if name.startswith("plain")),
+        key=lambda run: run.throughput,
+    )
+    print(
+        f"\nat {top} clients, LitServe with batching: "
+        f"{batched.throughput / plain_best.throughput:.2f}x the requests/s of the faster plain "
+        f"endpoint ({plain_best.server}), p99 {batched.percentile_ms(0.99):.1f} ms, "
+        f"{batched.errors} errors"
+    )
+    print(f"(baked project and server logs: {workdir})")
+
+
+if __name__ == "__main__":
+    main()
