@@ -14,6 +14,7 @@ PyTorch loop over the same model, data, batch size and schedule (benchmarks/plai
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,9 @@ class Run:
     to_99: float | None
 
 
-def measured(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, os.struct_rusage]:
+def measured(
+    command: list[str], cwd: Path, env: dict[str, str]
+) -> tuple[float, resource.struct_rusage]:
     """Wall seconds and the resource usage of one child process (and its own children)."""
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL)
