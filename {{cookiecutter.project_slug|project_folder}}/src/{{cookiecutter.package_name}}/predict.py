@@ -18,7 +18,7 @@ from .callbacks import PredictionCSVWriter
 from .checkpoints import load_classifier, read_checkpoint
 from .data import ImageDataModule
 from .errors import ConfigError, UserError
-from .hardware import trainer_defaults
+from .hardware import close_process_group, trainer_defaults
 from .images import ImageFiles, image_paths
 
 
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     except UserError as error:
         sys.exit(f"error: {error}")
+    finally:
+        close_process_group()
     rank_zero_only(print)(f"wrote {output}")
 
 

@@ -21,7 +21,7 @@ from .callbacks import (
 from .checkpoints import check_model_hparams, newest_last_checkpoint, read_checkpoint
 from .data import ImageDataModule
 from .errors import UserError
-from .hardware import trainer_defaults
+from .hardware import close_process_group, trainer_defaults
 from .model import DATA_FACTS, ImageClassifier
 from .report import TestReport
 
@@ -149,6 +149,8 @@ def main() -> None:
         sys.exit(f"error: {str(error).strip().splitlines()[0]}")
     except SIGTERMException:
         sys.exit("stopped by SIGTERM")
+    finally:
+        close_process_group()
 
 
 if __name__ == "__main__":
