@@ -6,11 +6,12 @@ from typing import Any
 import torch
 
 from . import nets
+from .callbacks import LastCheckpoint
 from .errors import CheckpointError
 from .model import DATA_FACTS, ImageClassifier
 
 # `--ckpt_path last` resumes the newest of these under the runs folder.
-LAST = "last.ckpt"
+LAST = LastCheckpoint.CHECKPOINT_NAME_LAST + LastCheckpoint.FILE_EXTENSION
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
