@@ -70,6 +70,29 @@ class EpochMetrics(pl.Callback):
             self.history.append({name: float(value) for name, value in metrics})
 
 
+class StepValues(pl.Callback):
+    """Keep the training loss and the learning rate of every step, by global step."""
+
+    def __init__(self) -> None:
+        self.values: dict[int, tuple[float, float]] = {}
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int
+    ) -> None:
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: dict,
+        batch: object,
+        batch_idx: int,
+    ) -> None:
+        # The batch's optimizer step is done: it was step global_step - 1.
+        self.values[trainer.global_step - 1] = (float(outputs["loss"]), self.lr)
+
+
 class PoisonWeights(pl.Callback):
     """Turn every weight into NaN at one global step, as a diverging fit would."""
 

@@ -1,10 +1,13 @@
-"""Pieces switched by flag keep the run working: other loggers or none, fast_dev_run."""
+"""Pieces switched by flag keep the run working: other loggers or none, how often they
+write, fast_dev_run."""
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 from conftest import Fit
+from helper_callbacks import StepValues
 from torchvision.io import decode_png, read_file
 
 PICTURES = ("confusion_matrix.png", "misclassified.png")
@@ -30,6 +33,27 @@ def test_logger_by_flag_keeps_the_run_and_its_pictures(
     for name in (*PICTURES, "test_metrics.json", "config.yaml"):
         assert (tmp_path / run_dir / name).is_file(), name
     assert decode_png(read_file(str(tmp_path / run_dir / PICTURES[0]))).shape[-2:] == (600, 600)
+
+
+def test_loggers_get_the_loss_and_learning_rate_of_the_steps_they_write(
+    fit: Fit, tmp_path: Path
+) -> None:
+    every = 3
+    record = json.dumps([{"class_path": "helper_callbacks.StepValues"}])
+    cli = fit(
+        tmp_path,
+        f"--trainer.logger={CSV_LOGGER}",
+        f"--trainer.log_every_n_steps={every}",
+        f"--trainer.callbacks={record}",
+    )
+    [recorded] = [c.values for c in cli.trainer.callbacks if isinstance(c, StepValues)]
+    with (tmp_path / "csv/by-flag/version_0/metrics.csv").open(newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["train/loss"]]
+    logged = {int(row["step"]): (float(row["train/loss"]), float(row["train/lr"])) for row in rows}
+    written = [step for step in range(cli.trainer.global_step) if (step + 1) % every == 0]
+    assert sorted(logged) == written
+    for step in written:
+        assert logged[step] == pytest.approx(recorded[step], rel=1e-6), f"step {step}"
 
 
 def test_fast_dev_run_tests_and_saves_no_checkpoint(fit: Fit, tmp_path: Path) -> None:

@@ -104,12 +104,21 @@ class ImageClassifier(pl.LightningModule):
         # computing it every step costs several percent of a CPU run. Validation measures.
         images, labels = batch
         loss = F.cross_entropy(self(images), labels)
-        self.log("train/loss", loss, prog_bar=True)
+        if self._loggers_write_this_step():
+            self.log("train/loss", loss, prog_bar=True)
+            # Here rather than by LearningRateMonitor, which fails when no logger is set.
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        # Logged here rather than by LearningRateMonitor, which fails when no logger is set.
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+    def _loggers_write_this_step(self) -> bool:
+        """Whether Lightning sends this step's values to the loggers: every
+        ``--trainer.log_every_n_steps`` steps.
+
+        Values logged in the other steps would never reach a logger, and each ``self.log``
+        call costs about half a millisecond of Python: 5 % of a small model's CPU step.
+        """
+        every = self.trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, _ = self._step(batch, self.val_metrics)
