@@ -17,7 +17,7 @@ class FitTimer(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.start = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             accuracy = float(trainer.callback_metrics["val/acc"])
             self.epochs.append({"seconds": time.perf_counter() - self.start, "val_acc": accuracy})

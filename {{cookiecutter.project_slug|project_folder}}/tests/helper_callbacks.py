@@ -64,7 +64,7 @@ class EpochMetrics(pl.Callback):
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             metrics = trainer.callback_metrics.items()
             self.history.append({name: float(value) for name, value in metrics})

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,31 @@ def test_fit_writes_checkpoints_config_and_test_metrics(trained: Run) -> None:
     assert summary["test/f1"] == pytest.approx(summary["test/acc"], abs=0.1)
     versions = json.loads((trained.log_dir / "versions.json").read_text())
     assert torch.__version__.startswith(versions["torch"]) and versions["lightning-template"]
+
+
+def accuracy(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in batches:
+            correct += int((model(images).argmax(dim=1) == labels).sum())
+            total += len(labels)
+    return correct / total
+
+
+def test_logged_accuracy_is_the_models_on_each_whole_split(fit: Fit, tmp_path: Path) -> None:
+    # One epoch after a sanity check: batches of the sanity check, of another epoch or of
+    # another split counted in would change the figures.
+    cli = fit(tmp_path, "--trainer.max_epochs=1", "--trainer.num_sanity_val_steps=2")
+    checkpoint = cli.config_init["checkpoint"]
+    model = load_classifier(tmp_path / checkpoint.best_model_path).eval()
+    datamodule = cli.datamodule
+    datamodule.setup("test")
+    val_acc = accuracy(model, datamodule.val_dataloader())
+    assert float(checkpoint.best_model_score) == pytest.approx(val_acc, abs=1e-6)
+    summary = json.loads((tmp_path / cli.trainer.log_dir / "test_metrics.json").read_text())
+    assert summary["test/acc"] == pytest.approx(
+        accuracy(model, datamodule.test_dataloader()), abs=1e-6
+    )
 
 
 def test_checkpoint_keeps_the_data_facts(trained: Run) -> None:
