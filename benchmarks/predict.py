@@ -16,26 +16,21 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import torch
 from cookiecutter.main import cookiecutter
+from run import measured
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE.parent
 
 
-def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
 def call_seconds(arguments: list[str], cwd: Path, env: dict[str, str]) -> float:
-    """Seconds of the predict() call itself in a fresh process, after the imports: loading
+    """Seconds of the predict command in a fresh process, after its imports: loading
     the checkpoint, reading the images, the model and the CSV."""
     script = (
-        "import sys, time; from pathlib import Path; from mnist_lab.predict import main\n"
+        "import sys, time; from mnist_lab.predict import main\n"
         "start = time.perf_counter(); main(sys.argv[1:]); print(time.perf_counter() - start)\n"
     )
     completed = subprocess.run(
@@ -49,7 +44,7 @@ def call_seconds(arguments: list[str], cwd: Path, env: dict[str, str]) -> float:
     return float(completed.stdout.split()[-1])
 
 
-def write_pngs(project: Path, data_dir: str, folder: Path, env: dict[str, str]) -> None:
+def write_pngs(data_dir: str, folder: Path, env: dict[str, str]) -> None:
     """The test split as <index>_<label>.png files, written by the project's own data module."""
     script = (
         "import sys; from pathlib import Path; from torchvision.io import write_png\n"
@@ -94,7 +89,7 @@ def main() -> None:
         subprocess.run(train, cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
         ckpt_path = max(project.glob("logs/**/epoch*.ckpt"), key=os.path.getmtime)
     images = workdir / "test-images"
-    write_pngs(project, data_dir, images, env)
+    write_pngs(data_dir, images, env)
     labels = {int(path.stem.split("_")[0]): path.stem.split("_")[1] for path in images.iterdir()}
 
     predict = [sys.executable, "-m", "mnist_lab.predict"]
@@ -105,12 +100,10 @@ def main() -> None:
     ]:
         output = workdir / "predictions.csv"
         arguments = ["--ckpt_path", str(ckpt_path), *extra, "--output", str(output)]
-        wall = min(timed([*predict, *arguments], project, env) for _ in range(args.repeats))
+        wall = min(measured([*predict, *arguments], project, env)[0] for _ in range(args.repeats))
         call = min(call_seconds(arguments, project, env) for _ in range(args.repeats))
         count, right = accuracy(output, labels)
         rows.append((name, count, wall, call, right))
-
-    import torch  # after the runs: only to name the device they saw
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"\ndevice: {device} ({os.cpu_count()} CPU cores); fastest of {args.repeats} runs each\n")

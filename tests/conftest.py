@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,34 @@ def run_in(
         f"--- stdout\n{completed.stdout[-3000:]}\n--- stderr\n{completed.stderr[-3000:]}"
     )
     return completed
+
+
+def train_in(
+    project: Path,
+    data_args: dict[str, object],
+    *flags: str,
+    run_dir: Path | None = None,
+    **run_args: Any,
+) -> subprocess.CompletedProcess:
+    """The default bake's train command with its config, as a user runs it, on one device:
+    the data module's arguments, then ``flags``; with ``run_dir``, runs and logs go there."""
+    into_run_dir = (
+        [f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
+        if run_dir
+        else []
+    )
+    return run_in(
+        project,
+        "-m",
+        "mnist_lab.train",
+        "--config",
+        "configs/default.yaml",
+        *(f"--data.{name}={value}" for name, value in data_args.items()),
+        "--trainer.devices=1",
+        *into_run_dir,
+        *flags,
+        **run_args,
+    )
 
 
 def write_sample(project: Path, data_dir: Path) -> dict[str, object]:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import Bake, run_in, write_sample
+from conftest import Bake, run_in, train_in, write_sample
 
 # Python differs between bakes only by data set: the network and logger options change the
 # config alone, and the command-line test below trains with each of those configs. The other
@@ -49,18 +49,7 @@ def test_train_then_predict_from_the_command_line(
     project = bake(**answers)
     data_args = write_sample(project, tmp_path / "data")
     run_dir = tmp_path / "runs"
-    run_in(
-        project,
-        "-m",
-        "mnist_lab.train",
-        "--config",
-        "configs/default.yaml",
-        *(f"--data.{name}={value}" for name, value in data_args.items()),
-        "--trainer.max_epochs=2",
-        "--trainer.devices=1",
-        f"--trainer.default_root_dir={run_dir}",
-        f"--trainer.logger.init_args.save_dir={run_dir}",
-    )
+    train_in(project, data_args, "--trainer.max_epochs=2", run_dir=run_dir)
     [summary_file] = run_dir.rglob("test_metrics.json")
     summary = json.loads(summary_file.read_text())
     best = Path(summary["best_checkpoint"])

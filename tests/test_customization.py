@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import Bake, run_in, write_sample
+from conftest import Bake, run_in, train_in, write_sample
 
 # Another shape of data: 3 channels, 20x20 pixels, 4 named classes, made in memory. Each
 # class brightens its own colour channels, so a short fit learns it.
@@ -89,6 +89,14 @@ def copy_of(project: Path, tmp_path: Path) -> Path:
     return shutil.copytree(project, tmp_path / project.name)
 
 
+def assert_onnx_export_matches(project: Path, checkpoint: Path, onnx_file: Path) -> None:
+    """Export the checkpoint to ONNX with the export command; its outputs match the model's."""
+    export = ["-m", "mnist_lab.export", f"--ckpt_path={checkpoint}", "--format=onnx"]
+    run_in(project, *export, f"--output={onnx_file}")
+    parity = run_in(project, "-c", ONNX_PARITY, str(checkpoint), str(onnx_file))
+    assert "onnx matches" in parity.stdout
+
+
 def checkpoint_of(run_dir: Path) -> Path:
     [best] = [path for path in run_dir.rglob("*.ckpt") if path.name != "last.ckpt"]
     return best
@@ -137,16 +145,7 @@ def test_replacing_only_data_py_keeps_everything_working(bake: Bake, tmp_path: P
     predicted = {Path(row.split(",")[0]).stem: row.split(",")[2] for row in rows[1:]}
     assert predicted == {name: name for name in ("red", "green", "blue", "white")}
 
-    onnx_file = tmp_path / "model.onnx"
-    run_in(
-        project,
-        "-m",
-        "mnist_lab.export",
-        f"--ckpt_path={best}",
-        "--format=onnx",
-        f"--output={onnx_file}",
-    )
-    assert "onnx matches" in run_in(project, "-c", ONNX_PARITY, str(best), str(onnx_file)).stdout
+    assert_onnx_export_matches(project, best, tmp_path / "model.onnx")
 
 
 NEW_NETWORK = '''
@@ -174,19 +173,13 @@ def test_a_new_network_is_one_class_and_one_flag(bake: Bake, tmp_path: Path) -> 
     nets.write_text(nets.read_text() + NEW_NETWORK)
     data_args = write_sample(project, tmp_path / "data")
     run_dir = tmp_path / "runs"
-    run_in(
+    train_in(
         project,
-        "-m",
-        "mnist_lab.train",
-        "--config",
-        "configs/default.yaml",
+        data_args,
         "--model.net=mnist_lab.nets.TinyNet",
         "--model.net.scale=2.0",
-        *(f"--data.{name}={value}" for name, value in data_args.items()),
         "--trainer.max_epochs=1",
-        "--trainer.devices=1",
-        f"--trainer.default_root_dir={run_dir}",
-        f"--trainer.logger.init_args.save_dir={run_dir}",
+        run_dir=run_dir,
     )
     best = checkpoint_of(run_dir)
     check = (
@@ -198,13 +191,4 @@ def test_a_new_network_is_one_class_and_one_flag(bake: Bake, tmp_path: Path) -> 
     output = tmp_path / "test.csv"
     run_in(project, "-m", "mnist_lab.predict", f"--ckpt_path={best}", f"--output={output}")
     assert len(output.read_text().splitlines()) == 1 + 128
-    onnx_file = tmp_path / "tiny.onnx"
-    run_in(
-        project,
-        "-m",
-        "mnist_lab.export",
-        f"--ckpt_path={best}",
-        "--format=onnx",
-        f"--output={onnx_file}",
-    )
-    assert "onnx matches" in run_in(project, "-c", ONNX_PARITY, str(best), str(onnx_file)).stdout
+    assert_onnx_export_matches(project, best, tmp_path / "tiny.onnx")

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE_DIR, run_in, write_sample
+from conftest import TEMPLATE_DIR, train_in, write_sample
 
 # A file that proves the logger recorded the fit, relative to the project.
 METRICS = {
@@ -31,16 +31,8 @@ def test_logger_records_a_fit(cookies, logger: str, tmp_path: Path) -> None:
     result = cookies.bake(extra_context={"logger": logger}, template=str(TEMPLATE_DIR))
     project = result.project_path
     data_args = write_sample(project, tmp_path / "data")
-    completed = run_in(
-        project,
-        "-m",
-        "mnist_lab.train",
-        "--config",
-        "configs/default.yaml",
-        *(f"--data.{name}={value}" for name, value in data_args.items()),
-        "--trainer.max_epochs=1",
-        "--trainer.devices=1",
-        env={"WANDB_MODE": "offline"},
+    completed = train_in(
+        project, data_args, "--trainer.max_epochs=1", env={"WANDB_MODE": "offline"}
     )
     assert list(project.glob(METRICS[logger])), f"no {METRICS[logger]}"
     # Not a terminal: no progress bar, one line of metrics per epoch instead.

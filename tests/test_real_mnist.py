@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import Bake, run_in
+from conftest import Bake, train_in
 
 MIN_TEST_ACCURACY = 0.987
 
@@ -17,18 +17,12 @@ DATA_DIR = os.environ.get("MNIST_DATA_DIR")
 def test_one_epoch_on_real_mnist(bake: Bake, tmp_path: Path) -> None:
     data_dir = Path(DATA_DIR).resolve()
     assert (data_dir / "MNIST" / "raw").is_dir(), f"MNIST_DATA_DIR={DATA_DIR} holds no MNIST/raw"
-    run_in(
+    train_in(
         bake(),
-        "-m",
-        "mnist_lab.train",
-        "--config",
-        "configs/default.yaml",
-        f"--data.data_dir={data_dir}",
+        {"data_dir": data_dir},
         "--trainer.max_epochs=1",
-        "--trainer.devices=1",
         "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        run_dir=tmp_path,
         timeout=900,
     )
     [summary_file] = tmp_path.rglob("test_metrics.json")
