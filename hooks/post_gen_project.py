@@ -7,8 +7,27 @@ LICENSE = {{cookiecutter.license | quoted}}
 CI = {{cookiecutter.ci | quoted}}
 DOCKER = {{cookiecutter.docker | quoted}}
 DATASET = {{cookiecutter.dataset | quoted}}
+SERVE = {{cookiecutter.serve | quoted}}
+TUNE = {{cookiecutter.tune | quoted}}
 PROJECT_SLUG = {{cookiecutter.project_slug | quoted}}
 PACKAGE_NAME = {{cookiecutter.package_name | quoted}}
+PACKAGE = Path("src", PACKAGE_NAME)
+
+# Every file of an option, removed when it is not chosen.
+SERVE_FILES = [
+    PACKAGE / "inference" / "serve.py",
+    PACKAGE / "inference" / "server.py",
+    PACKAGE / "inference" / "page.html",
+    Path("tests", "test_serve.py"),
+    Path("tests", "test_page.py"),
+    Path("tests", "serving.py"),
+]
+TUNE_FILES = [
+    PACKAGE / "tune",
+    PACKAGE / "configs" / "search.yaml",
+    Path("tests", "test_tune.py"),
+    Path("scripts", "tune.sbatch"),
+]
 
 # The image-folder project has no data of its own: training needs the user's folder.
 DATA_FLAG = " --data.data_dir <folder holding train/<class>/>" if DATASET == "image_folder" else ""
@@ -18,33 +37,46 @@ Created {PROJECT_SLUG}. Next steps:
   cd {PROJECT_SLUG}
   python -m venv .venv && . .venv/bin/activate
   pip install -e ".[dev]"
-  python -m {PACKAGE_NAME}.train --config configs/default.yaml{DATA_FLAG}
+  python -m {PACKAGE_NAME}.train{DATA_FLAG}
   pytest
 """
 
 
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def choose_data_module() -> None:
     """Keep one data module as data.py, with the tests of its file format, and drop the other."""
-    package = Path("src", PACKAGE_NAME)
-    folder_module, folder_tests = package / "_image_folder.py", Path("tests/_test_image_folder.py")
+    folder_files = {
+        PACKAGE / "_image_folder.py": PACKAGE / "data.py",
+        PACKAGE / "_image_cache.py": PACKAGE / "image_cache.py",
+        Path("tests", "_test_image_folder.py"): Path("tests", "test_image_folder.py"),
+    }
+    for template, final in folder_files.items():
+        if DATASET == "image_folder":
+            template.replace(final)
+        else:
+            template.unlink()
     if DATASET == "image_folder":
-        folder_module.replace(package / "data.py")
-        folder_tests.replace("tests/test_image_folder.py")
-        Path("tests/test_idx_files.py").unlink()
-    else:
-        folder_module.unlink()
-        folder_tests.unlink()
+        Path("tests", "test_idx_files.py").unlink()
 
 
 def main() -> None:
     choose_data_module()
-    if LICENSE == "none":
-        Path("LICENSE").unlink()
-    if CI == "none":
-        shutil.rmtree(".github")
-    if DOCKER == "no":
-        Path("Dockerfile").unlink()
-        Path(".dockerignore").unlink()
+    unchosen = {
+        "LICENSE": [Path("LICENSE")] if LICENSE == "none" else [],
+        "ci": [Path(".github")] if CI == "none" else [],
+        "docker": [Path("Dockerfile"), Path(".dockerignore")] if DOCKER == "no" else [],
+        "serve": SERVE_FILES if SERVE == "no" else [],
+        "tune": TUNE_FILES if TUNE == "no" else [],
+    }
+    for paths in unchosen.values():
+        for path in paths:
+            remove(path)
     print(NEXT_STEPS)
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from {{ cookiecutter.package_name }} import data
+from {{ cookiecutter.package_name }}.support.errors import DatasetError
 
 if not hasattr(data, "CACHE_VERSION"):
     pytest.skip("data.py no longer reads an image folder", allow_module_level=True)
@@ -211,28 +212,28 @@ def test_augmentation_that_breaks_the_images_is_refused_before_training(
     data_args: dict[str, Any], augment: list, message: str
 ) -> None:
     datamodule = data.ImageDataModule(**data_args, augment=augment)
-    with pytest.raises(data.DatasetError, match=message):
+    with pytest.raises(DatasetError, match=message):
         datamodule.setup("fit")
 
 
 def test_unwritable_cache_folder_is_named(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "data", {"train": {"a": 3, "b": 3}})
     (tmp_path / "file").write_text("a file, not a folder")
-    with pytest.raises(data.DatasetError, match=r"cannot write the image cache in .*cache_dir"):
+    with pytest.raises(DatasetError, match=r"cannot write the image cache in .*cache_dir"):
         module(root, val_size=1, test_size=1, cache_dir=str(tmp_path / "file" / "cache"))
     assert not list(tmp_path.rglob("*.partial"))
 
 
 def test_missing_train_folder_says_where_to_put_the_classes(tmp_path: Path) -> None:
     write_tree(tmp_path, {"cats": {"x": 1}, "dogs": {"x": 1}})
-    with pytest.raises(data.DatasetError, match=r"has no train/ folder.*if cats, dogs"):
+    with pytest.raises(DatasetError, match=r"has no train/ folder.*if cats, dogs"):
         module(tmp_path)
-    with pytest.raises(data.DatasetError, match="does not exist"):
+    with pytest.raises(DatasetError, match="does not exist"):
         module(tmp_path / "nowhere")
 
 
 def test_one_class_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(data.DatasetError, match=r"at least two class folders.*found 1: only"):
+    with pytest.raises(DatasetError, match=r"at least two class folders.*found 1: only"):
         module(write_tree(tmp_path, {"train": {"only": 3}}))
 
 
@@ -252,13 +253,13 @@ def test_empty_class_folder_is_named(tmp_path: Path) -> None:
     (root / "train" / "empty").mkdir()
     (root / "train" / "empty" / "notes.txt").write_text("no images here")
     folder = re.escape(str(root / "train" / "empty"))
-    with pytest.raises(data.DatasetError, match=f"class folder {folder} holds no images"):
+    with pytest.raises(DatasetError, match=f"class folder {folder} holds no images"):
         module(root)
 
 
 def test_test_folder_with_other_classes_is_refused(tmp_path: Path) -> None:
     root = write_tree(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"a": 1, "c": 1}})
-    with pytest.raises(data.DatasetError, match=r"test/ only: c; train/ only: b"):
+    with pytest.raises(DatasetError, match=r"test/ only: c; train/ only: b"):
         module(root)
 
 
@@ -266,7 +267,7 @@ def test_unreadable_image_is_named_or_skipped_with_a_warning(tmp_path: Path) -> 
     root = write_tree(tmp_path, {"train": {"a": 4, "b": 4}})
     truncated = root / "train" / "b" / "2.png"
     truncated.write_bytes(truncated.read_bytes()[:40])
-    with pytest.raises(data.DatasetError) as error:
+    with pytest.raises(DatasetError) as error:
         module(root, val_size=1, test_size=1)
     name = str(truncated)
     assert name in str(error.value) and "--data.skip_bad_images" in str(error.value)
@@ -286,9 +287,9 @@ def test_same_image_in_train_and_test_gives_a_warning(tmp_path: Path) -> None:
 
 def test_held_out_sizes_must_leave_training_images(tmp_path: Path) -> None:
     root = write_tree(tmp_path, {"train": {"a": 5, "b": 5}})
-    with pytest.raises(data.DatasetError, match="leaves none of the 10 images"):
+    with pytest.raises(DatasetError, match="leaves none of the 10 images"):
         module(root, val_size=5, test_size=0.5).setup("fit")
-    with pytest.raises(data.DatasetError, match=r"val_size 0\.01 of 10 images is no image"):
+    with pytest.raises(DatasetError, match=r"val_size 0\.01 of 10 images is no image"):
         module(root, val_size=0.01).setup("fit")
 
 
@@ -305,5 +306,5 @@ def test_held_out_sizes_must_leave_training_images(tmp_path: Path) -> None:
     ids=lambda value: value if isinstance(value, str) and value.isidentifier() else "",
 )
 def test_out_of_range_arguments_are_refused(name: str, value: Any, message: str) -> None:
-    with pytest.raises(data.DatasetError, match=f"--data.{name} {message}"):
+    with pytest.raises(DatasetError, match=f"--data.{name} {message}"):
         data.ImageDataModule(**{name: value})

@@ -4,37 +4,14 @@ Everything here goes through ``ImageDataModule``'s own API, so replacing ``data.
 module for other data (that also provides ``write_sample``) keeps every test meaningful.
 """
 
-import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import PROJECT, Fit, Run, as_flags, quick_fit
 
 from {{ cookiecutter.package_name }}.data import ImageDataModule
-from {{ cookiecutter.package_name }}.train import TrainCLI, train
-
-PROJECT = Path(__file__).resolve().parents[1]
-
-# Small, quick fits on one CPU process; tests add or override flags after these.
-QUICK_FIT = [
-    "--trainer.max_epochs=2",
-    "--trainer.accelerator=cpu",
-    "--trainer.devices=1",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
-
-Fit = Callable[..., TrainCLI]
-
-
-def as_flags(data_args: dict[str, Any]) -> list[str]:
-    """``--data.*`` flags that give the data module these arguments."""
-    return [
-        f"--data.{name}={value if isinstance(value, str) else json.dumps(value)}"
-        for name, value in data_args.items()
-    ]
 
 
 @pytest.fixture(scope="session")
@@ -45,28 +22,27 @@ def data_args(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def data_flags(data_args: dict[str, Any]) -> list[str]:
-    return as_flags(data_args)
+    return as_flags("data", data_args)
 
 
 @pytest.fixture(scope="session")
 def steps_per_epoch(data_args: dict[str, Any]) -> int:
     datamodule = ImageDataModule(**data_args)
     datamodule.setup("fit")
-    steps = len(datamodule.train_dataloader())
-    assert steps >= 4, "write_sample's data should give at least 4 training batches"
-    return steps
+    return len(datamodule.train_dataloader())
 
 
 @pytest.fixture(scope="session")
 def fit(data_flags: list[str]) -> Fit:
-    """Train in this process, in ``workdir``, on the sample; extra flags win."""
+    """Train in this process, in a working folder, on the sample; extra flags win."""
+    return quick_fit(data_flags)
 
-    def fit_in(workdir: Path, *extra: str) -> TrainCLI:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.chdir(workdir)
-            return train([*data_flags, *QUICK_FIT, *extra])
 
-    return fit_in
+@pytest.fixture(scope="session")
+def trained(fit: Fit, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One short fit with the config's logger, shared by the tests that use a trained model."""
+    workdir = tmp_path_factory.mktemp("trained")
+    return Run(fit(workdir, "--trainer.log_every_n_steps=1"), workdir)
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +50,10 @@ def child_env() -> dict[str, str]:
     """Environment for commands run in a subprocess: the package and test helpers importable."""
     paths = [str(PROJECT / "src"), str(PROJECT / "tests"), os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test's own folder as the working folder, where commands write logs/."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

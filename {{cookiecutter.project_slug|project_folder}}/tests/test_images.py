@@ -1,4 +1,5 @@
-"""Image files to model input: every mode and bit depth converted correctly, or refused."""
+"""Image files to model input: every format, colour mode and bit depth becomes exactly the
+channels and size the model takes, or is refused with a reason."""
 
 import io
 
@@ -7,8 +8,22 @@ import pytest
 import torch
 from PIL import Image
 
-from {{ cookiecutter.package_name }}.errors import ImageError
-from {{ cookiecutter.package_name }}.images import decode
+from {{ cookiecutter.package_name }}.inference.images import PILLOW_MODES, decode
+from {{ cookiecutter.package_name }}.support.errors import ImageError
+
+FORMATS = ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"]
+MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"]
+# What each format can store; Pillow refuses the rest.
+STORES = {
+    "JPEG": {"1", "L", "RGB"},
+    "GIF": {"1", "L", "P"},
+    "BMP": {"1", "L", "P", "RGB"},
+    "WEBP": {"RGB", "RGBA"},
+    "PNG": set(MODES),
+    "TIFF": set(MODES),
+}
+# Two flat halves, each one JPEG block wide, so that lossy formats keep their colours.
+WIDTH, HEIGHT = 16, 8
 
 
 def encoded(picture: Image.Image, image_format: str = "PNG") -> bytes:
@@ -17,35 +32,61 @@ def encoded(picture: Image.Image, image_format: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def gray16(image_format: str) -> bytes:
-    """A 16-bit grayscale image: black, mid-gray and white columns."""
+def picture_in(mode: str) -> Image.Image:
+    """A picture with a colour in each half (the right one half transparent), in ``mode``."""
+    pixels = np.zeros((HEIGHT, WIDTH, 4), dtype=np.uint8)
+    pixels[:, : WIDTH // 2] = (200, 40, 10, 255)
+    pixels[:, WIDTH // 2 :] = (20, 160, 240, 128)
+    picture = Image.fromarray(pixels, "RGBA")
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(picture.convert("L"), dtype=np.uint16) * 257)
+    if mode == "1":  # black and white halves, not dithered noise
+        return picture.convert("L").point(lambda level: 255 if level > 100 else 0).convert("1")
+    if mode == "P":
+        return picture.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+    return picture.convert(mode)
+
+
+CASES = [
+    (image_format, mode, channels)
+    for image_format in FORMATS
+    for mode in MODES
+    if mode in STORES[image_format]
+    for channels in (1, 2, 3, 4)
+]
+
+
+@pytest.mark.parametrize(("image_format", "mode", "channels"), CASES)
+def test_every_format_and_mode_becomes_the_model_channels_and_size(
+    image_format: str, mode: str, channels: int
+) -> None:
+    data = encoded(picture_in(mode), image_format)
+    assert tuple(decode(data, channels, (5, 7)).shape) == (channels, 5, 7)
+    image = decode(data, channels, (HEIGHT, WIDTH))
+    assert image.dtype == torch.uint8 and tuple(image.shape) == (channels, HEIGHT, WIDTH)
+    # The colours of Pillow's own conversion of the same file, within its rounding.
+    with Image.open(io.BytesIO(data)) as picture:
+        if picture.mode.startswith("I"):
+            picture = Image.fromarray((np.asarray(picture) / 257).round().astype(np.uint8))
+        reference = np.asarray(picture.convert(PILLOW_MODES[channels]), dtype=np.int64)
+    reference = torch.from_numpy(reference.reshape(HEIGHT, WIDTH, channels)).permute(2, 0, 1)
+    for column in (2, WIDTH - 3):  # inside each half
+        found, expected = image[:, 4, column].long(), reference[:, 4, column]
+        assert (found - expected).abs().max() <= 3, (column, found.tolist(), expected.tolist())
+
+
+def test_16_bit_images_are_scaled_not_wrapped() -> None:
     pixels = np.array([[0, 32896, 65535]] * 2, dtype=np.uint16)
-    return encoded(Image.fromarray(pixels), image_format)
+    for image_format in ("PNG", "TIFF"):
+        image = decode(encoded(Image.fromarray(pixels), image_format), 1, (2, 3))
+        assert image[0, 0].tolist() == [0, 128, 255], image_format
 
 
-@pytest.mark.parametrize("image_format", ["PNG", "TIFF"])
-def test_16_bit_images_are_scaled_not_wrapped(image_format: str) -> None:
-    image = decode(gray16(image_format), channels=1, image_size=(2, 3))
-    assert image.dtype == torch.uint8
-    assert image[0, 0].tolist() == [0, 128, 255]
-
-
-def test_colour_modes_convert_to_the_model_channels() -> None:
-    rgba = Image.new("RGBA", (4, 4), (200, 30, 10, 0))  # alpha is dropped, not blended
-    assert decode(encoded(rgba), 3, (4, 4))[:, 0, 0].tolist() == [200, 30, 10]
-    palette = Image.new("RGB", (4, 4), (10, 200, 30)).convert("P", palette=Image.Palette.ADAPTIVE)
-    assert decode(encoded(palette), 3, (4, 4))[:, 0, 0].tolist() == [10, 200, 30]
-    gray_jpeg = encoded(Image.new("L", (8, 8), 90), "JPEG")
-    assert decode(gray_jpeg, 3, (8, 8))[:, 0, 0].tolist() == pytest.approx([90] * 3, abs=2)
-    bmp = encoded(Image.new("RGB", (4, 4), (255, 255, 255)), "BMP")
-    assert decode(bmp, 1, (4, 4)).tolist() == [[[255] * 4] * 4]
-    two_channels = decode(encoded(Image.new("LA", (4, 4), (70, 255))), 2, (4, 4))
-    assert two_channels[:, 0, 0].tolist() == [70, 255]
-
-
-def test_images_are_resized_to_the_model_size() -> None:
-    image = decode(encoded(Image.new("RGB", (40, 10), (5, 5, 5))), 3, (20, 16))
-    assert image.shape == (3, 20, 16)
+def test_animated_gif_gives_its_first_frame() -> None:
+    frames = [Image.new("L", (4, 4), level) for level in (30, 220)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    assert decode(buffer.getvalue(), 1, (4, 4)).unique().tolist() == [30]
 
 
 TRUNCATED_PNG = encoded(Image.new("RGB", (64, 64), (1, 2, 3)))[:60]

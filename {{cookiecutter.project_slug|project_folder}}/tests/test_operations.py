@@ -1,21 +1,19 @@
-"""What an operator meets: hostile checkpoints, bad values, resuming by name, and the
-files the commands write. Every refusal is one line and starts nothing."""
+"""What an operator meets: hostile checkpoints, bad values, resuming by name, and the files the
+commands write. Every refusal is one line and changes nothing on disk."""
 
 import functools
+import hashlib
 import http.server
-import json
 import pathlib
-import sys
 import threading
 from pathlib import Path
 
-import onnx
 import pytest
 import torch
-from conftest import QUICK_FIT, Fit
+from helpers import QUICK_FIT, Fit, Run, exit_message
 
-from {{ cookiecutter.package_name }} import export, predict, train
-from {{ cookiecutter.package_name }}.checkpoints import load_classifier
+from {{ cookiecutter.package_name }} import train
+from {{ cookiecutter.package_name }}.inference import export, predict
 
 
 class Payload:
@@ -29,140 +27,166 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def trained(fit: Fit, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run folder of a short fit without a logger: checkpoints under logs/checkpoints."""
+def run_without_logger(fit: Fit, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of a short fit without a logger: checkpoints under logs/checkpoints."""
     workdir = tmp_path_factory.mktemp("run")
     fit(workdir, "--trainer.logger=false", "--trainer.max_epochs=1")
     return workdir
 
 
-def exit_message(main, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run an entry point's ``main`` with ``argv``; return what it exited with."""
-    monkeypatch.setattr(sys, "argv", ["prog", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        main() if main is train.main else main(argv)
-    message = str(exit_info.value.code)
-    assert "\n" not in message, message
-    return message
-
-
-@pytest.fixture
-def crafted(tmp_path: Path) -> tuple[Path, Path]:
-    """A checkpoint whose unpickling would create ``marker``."""
-    marker = tmp_path / "code-ran"
-    path = tmp_path / "crafted.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": Payload(marker)}, path)
-    return path, marker
+def folder_state(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with a digest of its content."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def test_no_command_runs_code_from_a_checkpoint(
-    crafted: tuple[Path, Path],
-    data_flags: list[str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    data_flags: list[str], workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, marker = crafted
+    marker, path = workdir / "code-ran", workdir / "crafted.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": Payload(marker)}, path)
     # The switch that turns torch's default back to full unpickling must not matter.
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    monkeypatch.chdir(tmp_path)
     expected = f"error: {path} is not a PyTorch checkpoint holding only tensors and plain values"
-    assert (
-        exit_message(train.main, [*data_flags, *QUICK_FIT, f"--ckpt_path={path}"], monkeypatch)
-        == expected
-    )
-    assert exit_message(predict.main, [f"--ckpt_path={path}"], monkeypatch) == expected
-    command = [f"--ckpt_path={path}", "--format=onnx", f"--output={tmp_path / 'm.onnx'}"]
-    assert exit_message(export.main, command, monkeypatch) == expected
+    fit = [*data_flags, *QUICK_FIT]
+    assert exit_message(train.main, [*fit, f"--ckpt_path={path}"]) == expected
+    assert exit_message(predict.main, [f"--ckpt_path={path}"]) == expected
+    command = [f"--ckpt_path={path}", "--format=onnx", f"--output={workdir / 'm.onnx'}"]
+    assert exit_message(export.main, command) == expected
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(workdir))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/{path.name}"
-        message = exit_message(
-            train.main, [*data_flags, *QUICK_FIT, f"--ckpt_path={url}"], monkeypatch
-        )
+        message = exit_message(train.main, [*fit, f"--ckpt_path={url}"])
     finally:
         server.shutdown()
     assert message == f"error: {url} is not a local file: download the checkpoint first"
     assert not marker.exists(), "loading the checkpoint ran its payload"
-    assert not list(tmp_path.glob("logs/**/*.ckpt"))
+    assert not list(workdir.glob("logs/**/*.ckpt"))
 
 
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
-        ("--model.lr=-0.1", "--model.lr must be above 0"),
-        ("--model.lr=0", "--model.lr must be above 0"),
-        ("--model.weight_decay=-1", "--model.weight_decay at least 0"),
+        ("--model.optimizer.lr=-0.1", "Invalid learning rate"),
+        ("--model.optimizer.weight_decay=-1", "Invalid weight_decay"),
         ("--ckpt_path=missing.ckpt", "checkpoint missing.ckpt does not exist"),
-        ("--ckpt_path=last", "no last.ckpt under logs to resume"),
+        ("--ckpt_path=last", "has a last.ckpt to resume"),
     ],
 )
 def test_bad_values_are_one_line_errors(
-    flag: str, message: str, data_flags: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    flag: str, message: str, data_flags: list[str], workdir: Path
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert message in exit_message(train.main, [*data_flags, *QUICK_FIT, flag], monkeypatch)
-    assert not list(tmp_path.rglob("*.ckpt"))
+    assert message in exit_message(train.main, [*data_flags, *QUICK_FIT, flag])
+    assert not list(workdir.rglob("*.ckpt"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_asking_for_a_missing_gpu_is_a_one_line_error(
-    data_flags: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_asking_for_a_missing_gpu_is_a_one_line_error(data_flags: list[str], workdir: Path) -> None:
     argv = [*data_flags, *QUICK_FIT, "--trainer.accelerator=gpu"]
-    assert exit_message(train.main, argv, monkeypatch).startswith("error: ")
+    assert exit_message(train.main, argv).startswith("error: ")
 
 
-def test_resuming_with_another_network_or_schedule_is_refused(
-    trained: Path, data_flags: list[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--model.net.width=8", "the checkpoint was trained with net"),
+        ("--model.optimizer=torch.optim.SGD", "the checkpoint was trained with optimizer"),
+        ("--model.scheduler=null", "the checkpoint was trained with scheduler"),
+        ("--trainer.max_epochs=4", "learning-rate schedule spans"),
+        ("--data.batch_size=16", "learning-rate schedule spans"),
+    ],
+)
+def test_a_refused_resume_changes_nothing_in_the_run_folder(
+    flag: str,
+    message: str,
+    run_without_logger: Path,
+    data_flags: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.chdir(trained)
+    monkeypatch.chdir(run_without_logger)
+    before = folder_state(run_without_logger)
     resume = [*data_flags, *QUICK_FIT, "--trainer.logger=false", "--trainer.max_epochs=1"]
-    message = exit_message(
-        train.main, [*resume, "--ckpt_path=last", "--model.net.width=8"], monkeypatch
-    )
-    assert message.startswith("error: the checkpoint was trained with net")
-    message = exit_message(
-        train.main, [*resume, "--ckpt_path=last", "--trainer.max_epochs=4"], monkeypatch
-    )
-    assert "learning-rate schedule spans" in message
+    assert message in exit_message(train.main, [*resume, "--ckpt_path=last", flag])
+    assert folder_state(run_without_logger) == before
 
 
 def test_default_root_dir_moves_logs_and_checkpoints(fit: Fit, tmp_path: Path) -> None:
-    csv_logger = {
-        "class_path": "pytorch_lightning.loggers.CSVLogger",
-        "init_args": {"save_dir": "logs"},
-    }
+    csv_logger = (
+        '{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}'
+    )
     fit(
         tmp_path,
         "--trainer.max_epochs=1",
         "--trainer.default_root_dir=elsewhere",
-        f"--trainer.logger={json.dumps(csv_logger)}",
+        f"--trainer.logger={csv_logger}",
     )
     assert list(tmp_path.glob("elsewhere/**/metrics.csv"))
     assert list(tmp_path.glob("elsewhere/**/last.ckpt"))
     assert not (tmp_path / "logs").exists()
 
 
-def test_onnx_export_is_one_self_contained_file(trained: Path, tmp_path: Path) -> None:
-    [best] = [path for path in trained.glob("logs/checkpoints/*.ckpt") if path.name != "last.ckpt"]
-    output = export.export(best, "onnx", tmp_path / "out" / "model.onnx")
-    assert sorted(path.name for path in output.parent.iterdir()) == ["model.onnx"]
-    moved = output.rename(tmp_path / "alone.onnx")
-    onnx.checker.check_model(onnx.load(str(moved)))
-
-
-def test_output_folder_is_refused_and_nothing_is_left(
-    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch_size", "0"], "argument --batch_size: a whole number of at least 1, not '0'"),
+        (["--devices", "0"], "argument --devices: a whole number of at least 1, not '0'"),
+        (["--num_workers", "-1"], "argument --num_workers: a whole number of at least 0, not '-1'"),
+    ],
+)
+def test_predict_refuses_bad_numbers_in_one_line(
+    args: list[str], message: str, trained: Run, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    [best] = [path for path in trained.glob("logs/checkpoints/*.ckpt") if path.name != "last.ckpt"]
-    folder = tmp_path / "out"
-    folder.mkdir()
-    message = exit_message(predict.main, [f"--ckpt_path={best}", f"--output={folder}"], monkeypatch)
-    assert message == f"error: --output {folder} is a folder: give a file name in it"
-    assert list(folder.iterdir()) == [] and not list(tmp_path.glob("*.partial"))
-    model = load_classifier(best)
-    assert model.hparams.class_names
+    with pytest.raises(SystemExit):
+        predict.main(["--ckpt_path", str(trained.best), *args])
+    assert capsys.readouterr().err.strip().endswith(message)
+
+
+def test_predict_refuses_an_output_it_does_not_own(trained: Run, tmp_path: Path) -> None:
+    for output in (Path("/dev/full"), tmp_path):
+        args = [f"--ckpt_path={trained.best}", f"--output={output}"]
+        message = exit_message(predict.main, args)
+        assert (
+            message == f"error: {output} exists and is not a regular file: give another output path"
+        )
+    assert Path("/dev/full").is_char_device(), "the device is still a device"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_names_a_broken_input_in_one_line(trained: Run, tmp_path: Path) -> None:
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    output = tmp_path / "out.csv"
+    message = exit_message(
+        predict.main, [f"--ckpt_path={trained.best}", f"--input={tmp_path}", f"--output={output}"]
+    )
+    assert message == f"error: cannot read image {tmp_path / 'gone.png'}: No such file or directory"
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "gone.png").unlink()
+    message = exit_message(
+        predict.main, [f"--ckpt_path={trained.best}", f"--input={tmp_path}", f"--output={output}"]
+    )
+    assert message.startswith(f"error: cannot read image {tmp_path / 'broken.png'}: not an image")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken.png"], "files left behind"
+
+
+def test_predict_needs_the_recorded_data_module_arguments(trained: Run, tmp_path: Path) -> None:
+    checkpoint = torch.load(trained.best, map_location="cpu", weights_only=True)
+    without = tmp_path / "without.ckpt"
+    torch.save(
+        {key: value for key, value in checkpoint.items() if key != "datamodule_hyper_parameters"},
+        without,
+    )
+    message = exit_message(
+        predict.main, [f"--ckpt_path={without}", f"--output={tmp_path / 'p.csv'}"]
+    )
+    assert "does not record its data module's arguments" in message and "give --input" in message
+    other = tmp_path / "other.ckpt"
+    torch.save({**checkpoint, "datamodule_hyper_parameters": {"no_such_argument": 1}}, other)
+    message = exit_message(predict.main, [f"--ckpt_path={other}", f"--output={tmp_path / 'p.csv'}"])
+    assert message.startswith("error: the checkpoint was trained on another data module")
+    assert not (tmp_path / "p.csv").exists()

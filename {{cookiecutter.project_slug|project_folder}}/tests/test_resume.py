@@ -4,16 +4,16 @@ training step, during validation, or during the final test."""
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers import command
 
-from {{ cookiecutter.package_name }}.callbacks import BestCheckpoint
 from {{ cookiecutter.package_name }}.data import ImageDataModule
 from {{ cookiecutter.package_name }}.model import ImageClassifier
+from {{ cookiecutter.package_name }}.support.callbacks import BestCheckpoint
 
 EPOCHS = 3
 # Resuming mid-epoch restarts that epoch's shuffled order, so the two fits see the same
@@ -22,10 +22,8 @@ ACCURACY_TOLERANCE = 0.05
 
 
 def train_command(data_flags: list[str], *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "{{ cookiecutter.package_name }}.train",
+    return command(
+        "train",
         *data_flags,
         f"--trainer.max_epochs={EPOCHS}",
         "--trainer.accelerator=cpu",
@@ -34,7 +32,7 @@ def train_command(data_flags: list[str], *extra: str) -> list[str]:
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
         *extra,
-    ]
+    )
 
 
 def run_dirs(workdir: Path) -> list[Path]:
@@ -101,7 +99,7 @@ def test_sigterm_leaves_a_run_that_resumes_to_the_same_end(
     child_env: dict[str, str],
 ) -> None:
     pause = {
-        "class_path": "helper_callbacks.PauseForSignal",
+        "class_path": "helpers.PauseForSignal",
         "init_args": {"epoch": epoch, "batch": batch, "stage": stage},
     }
     final_weights = {}

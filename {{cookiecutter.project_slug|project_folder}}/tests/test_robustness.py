@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Fit
-from helper_callbacks import EpochMetrics
+from helpers import EpochMetrics, Fit
 
-from {{ cookiecutter.package_name }}.errors import NonFiniteLossError
+from {{ cookiecutter.package_name }}.support.errors import NonFiniteLossError
 
 
 def test_same_seed_and_deterministic_give_identical_epochs(fit: Fit, tmp_path: Path) -> None:
-    record = json.dumps([{"class_path": "helper_callbacks.EpochMetrics"}])
+    record = json.dumps([{"class_path": "helpers.EpochMetrics"}])
     runs = []
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
@@ -35,7 +34,7 @@ def test_non_finite_loss_stops_the_fit_and_saves_no_broken_checkpoint(
     fit: Fit, tmp_path: Path, steps_per_epoch: int
 ) -> None:
     step = steps_per_epoch + 4
-    poison = {"class_path": "helper_callbacks.PoisonWeights", "init_args": {"step": step}}
+    poison = {"class_path": "helpers.PoisonWeights", "init_args": {"step": step}}
     with pytest.raises(NonFiniteLossError, match=f"the training loss became nan at step {step}"):
         fit(tmp_path, f"--trainer.callbacks={json.dumps([poison])}")
     checkpoints = sorted(tmp_path.glob("logs/**/*.ckpt"))
@@ -52,7 +51,7 @@ def test_non_finite_loss_stops_the_fit_and_saves_no_broken_checkpoint(
 def test_failure_before_the_first_step_leaves_no_checkpoint(
     fit: Fit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fail = {"class_path": "helper_callbacks.FailAtTrainStart"}
+    fail = {"class_path": "helpers.FailAtTrainStart"}
     with pytest.raises(RuntimeError, match="failing on purpose"):
         fit(tmp_path, f"--trainer.callbacks={json.dumps([fail])}")
     assert not list(tmp_path.glob("logs/**/*.ckpt"))

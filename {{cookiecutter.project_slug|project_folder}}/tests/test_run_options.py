@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Fit
-from helper_callbacks import StepValues
+from helpers import Fit, StepValues
 from torchvision.io import decode_png, read_file
 
 PICTURES = ("confusion_matrix.png", "misclassified.png")
@@ -39,7 +38,7 @@ def test_loggers_get_the_loss_and_learning_rate_of_the_steps_they_write(
     fit: Fit, tmp_path: Path
 ) -> None:
     every = 3
-    record = json.dumps([{"class_path": "helper_callbacks.StepValues"}])
+    record = json.dumps([{"class_path": "helpers.StepValues"}])
     cli = fit(
         tmp_path,
         f"--trainer.logger={CSV_LOGGER}",

@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,12 +21,16 @@ import optuna
 import pytest
 import pytorch_lightning as pl
 import yaml
-from conftest import PROJECT, QUICK_FIT
+from helpers import QUICK_FIT, command, run
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from {{ cookiecutter.package_name }} import tune
-from {{ cookiecutter.package_name }}.train import train
+from {{ cookiecutter.package_name }}.train import resolve, train
+from {{ cookiecutter.package_name }}.tune.__main__ import main, tune
+from {{ cookiecutter.package_name }}.tune.search import DEFAULT_SEARCH, load_search
+from {{ cookiecutter.package_name }}.tune.study import check_search, open_storage, surplus
+
+pytestmark = pytest.mark.slow
 
 # Tiny trials: two epochs (QUICK_FIT) of a few batches of the sample.
 TRIAL_FLAGS = [
@@ -36,9 +39,13 @@ TRIAL_FLAGS = [
     "--trainer.limit_val_batches=2",
     "--trainer.limit_test_batches=2",
 ]
-LEARNING_RATE = {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True}
+LEARNING_RATE = {
+    "class_path": "FloatDistribution",
+    "init_args": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
+}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+INTERRUPTED = "interrupted (a trial in progress is marked failed): rerun to continue the study"
 
 
 class SignalInTrial(pl.Callback):
@@ -49,14 +56,7 @@ class SignalInTrial(pl.Callback):
         self.trial = trial
         self.signum = signal.Signals[signum]
 
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: object,
-        batch: object,
-        batch_idx: int,
-    ) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         in_trial = Path(trainer.default_root_dir).name == f"trial_{self.trial:04d}"
         if in_trial and trainer.global_step == 1:
             os.kill(os.getpid(), self.signum)
@@ -105,7 +105,7 @@ def write_search(folder: Path, **fields: Any) -> Path:
         "metric": "val/loss",
         "direction": "minimize",
         "pruner": {"class_path": "optuna.pruners.NopPruner"},
-        "search_space": {"model.lr": LEARNING_RATE},
+        "search_space": {"model.optimizer.init_args.lr": LEARNING_RATE},
         **fields,
     }
     path = folder / "search.yaml"
@@ -114,55 +114,42 @@ def write_search(folder: Path, **fields: Any) -> Path:
 
 
 def tune_command(search: Path, data_flags: list[str], *extra: str) -> list[str]:
-    module = "{{ cookiecutter.package_name }}.tune"
-    return [sys.executable, "-m", module, f"--search={search}", *data_flags, *TRIAL_FLAGS, *extra]
+    return command("tune", f"--search={search}", *data_flags, *TRIAL_FLAGS, *extra)
 
 
 def load_trials(storage: str) -> list[FrozenTrial]:
-    study = optuna.load_study(study_name="test", storage=tune.open_storage(storage, None))
+    study = optuna.load_study(study_name="test", storage=open_storage(storage, None))
     return study.get_trials()
 
 
-def signal_in_trial(trial: int, signum: str) -> str:
-    arguments = {"trial": trial, "signum": signum}
-    callback = {"class_path": "test_tune.SignalInTrial", "init_args": arguments}
-    return f"--trainer.callbacks={json.dumps([callback])}"
+def callback(name: str, **arguments: Any) -> str:
+    spec = {"class_path": f"test_tune.{name}", "init_args": arguments}
+    return f"--trainer.callbacks={json.dumps([spec])}"
 
 
-def signal_after_trial(trial: int) -> str:
-    callback = {"class_path": "test_tune.SignalAfterTrial", "init_args": {"trial": trial}}
-    return f"--trainer.callbacks={json.dumps([callback])}"
-
-
-def test_shipped_search_space_names_settings_of_the_default_config(
-    data_flags: list[str], tmp_path: Path
-) -> None:
-    # The config's data: section belongs to data.py (test_config.py checks it); the search
-    # is checked against the data module's own arguments.
-    config = yaml.safe_load((PROJECT / "configs" / "default.yaml").read_text())
-    config.pop("data")
-    without_data = tmp_path / "config.yaml"
-    without_data.write_text(yaml.safe_dump(config))
-    search = tune.load_search(PROJECT / "configs" / "tune.yaml")
-    tune.check_train_args(search, ["--config", str(without_data), *data_flags])
+def test_shipped_search_space_is_searchable_in_the_default_config(data_flags: list[str]) -> None:
+    search = load_search(DEFAULT_SEARCH)
+    check_search(search, DEFAULT_SEARCH, resolve(data_flags).config)
     assert search.direction == "maximize" and search.metric == "val/acc"
 
 
-def test_weak_trial_is_pruned_and_best_yaml_retrains_the_best(
-    data_flags: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_weak_trial_is_pruned_best_yaml_retrains_the_best_and_no_trial_is_resumed_as_last(
+    data_flags: list[str], workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    plain_run = train([*data_flags, *QUICK_FIT, "--trainer.max_epochs=1"])
+    plain_last = Path(plain_run.trainer.log_dir, "checkpoints", "last.ckpt")
+    storage = f"sqlite:///{workdir / 'study.db'}"
     # The first trial learns; the second, with a learning rate 10,000 times smaller, cannot,
     # and an aggressive pruner stops it after its first epoch.
     study = optuna.create_study(study_name="test", storage=storage, direction="minimize")
-    study.enqueue_trial({"model.lr": 1.0e-2})
-    study.enqueue_trial({"model.lr": 1.0e-6})
+    study.enqueue_trial({"model.optimizer.init_args.lr": 1.0e-2})
+    study.enqueue_trial({"model.optimizer.init_args.lr": 1.0e-6})
     median = {"n_startup_trials": 1, "n_warmup_steps": 0}
     pruner = {"class_path": "optuna.pruners.MedianPruner", "init_args": median}
-    search = write_search(tmp_path, pruner=pruner)
+    flags = [*data_flags, *TRIAL_FLAGS, "--model.scheduler=null"]
+    search = write_search(workdir, pruner=pruner)
 
-    study = tune.tune([f"--search={search}", f"--storage={storage}", *data_flags, *TRIAL_FLAGS])
+    study = tune([f"--search={search}", f"--storage={storage}", *flags])
 
     good, weak = study.get_trials()
     assert (good.state, weak.state) == (TrialState.COMPLETE, TrialState.PRUNED)
@@ -175,7 +162,7 @@ def test_weak_trial_is_pruned_and_best_yaml_retrains_the_best(
     [summary] = Path(good.user_attrs["run_dir"]).rglob("test_metrics.json")
     assert json.loads(summary.read_text())["test/acc"] == pytest.approx(good.user_attrs["test/acc"])
 
-    results = tmp_path / "logs" / "tune" / "test"
+    results = workdir / "logs" / "tune" / "test"
     with (results / "trials.csv").open(newline="") as file:
         rows = list(csv.DictReader(file))
     assert [(row["number"], row["state"], row["epochs"]) for row in rows] == [
@@ -185,82 +172,105 @@ def test_weak_trial_is_pruned_and_best_yaml_retrains_the_best(
     assert (results / "optimization_history.png").read_bytes()[:8] == PNG_SIGNATURE
     assert not (results / "param_importances.png").exists(), "one complete trial: no comparison"
 
+    # The trials' last.ckpt files are newer, but `--ckpt_path last` takes the plain run's.
+    capsys.readouterr()
+    train([*data_flags, *QUICK_FIT, "--trainer.max_epochs=1", "--ckpt_path=last"])
+    assert f"resuming from {plain_last}" in capsys.readouterr().out
+
     best = results / "best.yaml"
-    assert yaml.safe_load(best.read_text())["model"]["lr"] == good.params["model.lr"]
-    (tmp_path / "retrain").mkdir()
-    monkeypatch.chdir(tmp_path / "retrain")
+    assert (
+        yaml.safe_load(best.read_text())["model"]["optimizer"]["init_args"]["lr"]
+        == good.params["model.optimizer.init_args.lr"]
+    )
+    (workdir / "retrain").mkdir()
+    os.chdir(workdir / "retrain")
     cli = train(["--config", str(best)])
-    [checkpoint] = [c for c in cli.trainer.checkpoint_callbacks if c.monitor == "val/loss"]
-    assert float(checkpoint.best_model_score) == pytest.approx(good.value, rel=1e-5)
+    assert float(cli.config_init["checkpoint"].best_model_score) == pytest.approx(
+        good.value, rel=1e-5
+    )
 
 
-def test_sigterm_stops_the_search_and_a_rerun_finishes_exactly_n_trials(
-    data_flags: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_sigterm_stops_the_search_in_one_line_and_a_rerun_finishes_exactly_n_trials(
+    data_flags: list[str], workdir: Path
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    search = write_search(tmp_path, n_trials=2)
+    search = write_search(workdir, n_trials=2)
     arguments = [f"--search={search}", *data_flags, *TRIAL_FLAGS]
     # The default storage: SQLite under logs/.
-    storage = f"sqlite:///{tmp_path / 'logs' / 'tune' / 'optuna.db'}"
+    storage = f"sqlite:///{workdir / 'logs' / 'tune' / 'optuna.db'}"
     handlers = [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)]
-    interrupted = "interrupted (a trial in progress is marked failed): rerun"
 
     # This process is the tune process. SIGTERM after the first trial, while Optuna collects
     # its garbage (automatic collection off, so that this is when): no second trial starts.
     gc.disable()
     try:
         with pytest.raises(SystemExit) as stopped:
-            tune.main([*arguments, signal_after_trial(0)])
+            main([*arguments, callback("SignalAfterTrial", trial=0)])
     finally:
         gc.enable()
-    assert str(stopped.value.code).startswith(interrupted)
+    assert str(stopped.value.code) == INTERRUPTED
     assert [trial.state for trial in load_trials(storage)] == [TrialState.COMPLETE]
 
     # SIGTERM while the next trial trains: that trial is marked failed.
     with pytest.raises(SystemExit) as stopped:
-        tune.main([*arguments, signal_in_trial(1, "SIGTERM")])
-    assert str(stopped.value.code).startswith(interrupted)
+        main([*arguments, callback("SignalInTrial", trial=1, signum="SIGTERM")])
+    assert str(stopped.value.code) == INTERRUPTED
     assert [trial.state for trial in load_trials(storage)] == [TrialState.COMPLETE, TrialState.FAIL]
     assert [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)] == handlers
 
-    tune.tune(arguments)
+    tune(arguments)
 
     # The interrupted trial stays failed; one more makes two finished.
     states = [trial.state for trial in load_trials(storage)]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
 
 
-@pytest.mark.slow
-def test_killed_workers_trial_is_found_by_its_heartbeat_and_retried(
+def test_a_worker_stopped_by_sigterm_says_one_line(
+    data_flags: list[str], tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    search = write_search(tmp_path, n_trials=1)
+    stopped = run(
+        tune_command(search, data_flags, callback("SignalInTrial", trial=0, signum="SIGTERM")),
+        tmp_path,
+        child_env,
+    )
+    assert stopped.returncode == 1
+    assert "Traceback" not in stopped.stderr + stopped.stdout, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines()[-1] == INTERRUPTED
+
+
+def test_a_killed_workers_trial_is_taken_over_by_an_immediate_rerun(
     data_flags: list[str],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     child_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     heartbeat = 1
     search = write_search(tmp_path, n_trials=1, heartbeat_interval=heartbeat)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    killed_worker = subprocess.run(
-        tune_command(search, data_flags, f"--storage={storage}", signal_in_trial(0, "SIGKILL")),
-        cwd=tmp_path,
-        env=child_env,
-        capture_output=True,
+    killed_worker = run(
+        tune_command(
+            search,
+            data_flags,
+            f"--storage={storage}",
+            callback("SignalInTrial", trial=0, signum="SIGKILL"),
+        ),
+        tmp_path,
+        child_env,
         timeout=120,
     )
     assert killed_worker.returncode == -signal.SIGKILL
     [killed] = load_trials(storage)
     assert killed.state == TrialState.RUNNING, "nothing could mark it: the process was killed"
-    # Optuna's default grace period is two heartbeat intervals.
-    time.sleep(2 * heartbeat + 1)
 
-    monkeypatch.chdir(tmp_path)
-    tune.tune([f"--search={search}", f"--storage={storage}", *data_flags, *TRIAL_FLAGS])
+    os.chdir(tmp_path)  # at once: the rerun waits until the heartbeat says the worker is dead
+    tune([f"--search={search}", f"--storage={storage}", *data_flags, *TRIAL_FLAGS])
 
     trials = load_trials(storage)
     assert trials[0].state == TrialState.FAIL
     [retry] = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 0]
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
     assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "waiting for 1 trial(s) running in other workers" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="session")
@@ -302,44 +312,37 @@ def postgresql_url() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
 def test_two_workers_share_one_study(
     kind: str,
     data_flags: list[str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    workdir: Path,
     child_env: dict[str, str],
     request: pytest.FixtureRequest,
 ) -> None:
     storage = {
-        "journal": lambda: str(tmp_path / "journal.log"),
-        "sqlite": lambda: f"sqlite:///{tmp_path / 'study.db'}",
+        "journal": lambda: str(workdir / "journal.log"),
+        "sqlite": lambda: f"sqlite:///{workdir / 'study.db'}",
         "postgresql": lambda: request.getfixturevalue("postgresql_url"),
     }[kind]()
-    search = write_search(tmp_path, n_trials=2)
-    (tmp_path / "rendezvous").mkdir()
-    meet = {
-        "class_path": "test_tune.Rendezvous",
-        "init_args": {"folder": "rendezvous", "parties": 2},
-    }
+    search = write_search(workdir, n_trials=2, study_name=f"test-{os.getpid()}-{kind}")
+    (workdir / "rendezvous").mkdir()
     flags = [
         f"--storage={storage}",
         "--trainer.max_epochs=1",
-        f"--trainer.callbacks={json.dumps([meet])}",
+        callback("Rendezvous", folder="rendezvous", parties=2),
     ]
     # One worker in a process of its own, the other in this one; they meet in their first trial.
     other = subprocess.Popen(
         tune_command(search, data_flags, *flags),
-        cwd=tmp_path,
+        cwd=workdir,
         env=child_env,
         stdout=subprocess.DEVNULL,
     )
-    monkeypatch.chdir(tmp_path)
-    tune.tune([f"--search={search}", *data_flags, *TRIAL_FLAGS, *flags])
+    study = tune([f"--search={search}", *data_flags, *TRIAL_FLAGS, *flags])
     assert other.wait(timeout=300) == 0
 
-    trials = load_trials(storage)
+    trials = study.get_trials()
     finished = [trial for trial in trials if trial.state in FINISHED]
     assert len(finished) == 2
     # The storage numbers trials: no number twice, none skipped. Trials beyond n_trials
@@ -350,11 +353,8 @@ def test_two_workers_share_one_study(
     first, second = sorted(finished, key=lambda trial: trial.datetime_start)[:2]
     assert second.datetime_start < first.datetime_complete, "the workers took turns"
     for trial in finished:
-        assert len(list((tmp_path / trial.user_attrs["run_dir"]).rglob("test_metrics.json"))) == 1
-
-    results = tmp_path / "logs" / "tune" / "test"
-    with (results / "trials.csv").open(newline="") as file:
-        assert sum(row["state"] == "COMPLETE" for row in csv.DictReader(file)) == 2
+        assert len(list(Path(trial.user_attrs["run_dir"]).rglob("test_metrics.json"))) == 1
+    results = workdir / "logs" / "tune" / study.study_name
     for plot in ("optimization_history.png", "param_importances.png"):
         assert (results / plot).read_bytes()[:8] == PNG_SIGNATURE
     assert (results / "best.yaml").is_file()
@@ -366,26 +366,52 @@ def test_trial_beyond_n_trials_gives_way() -> None:
     first, second, third, failed = (study.ask() for _ in range(4))
     study.tell(first, 0.5)
     study.tell(failed, state=TrialState.FAIL)
-    assert not tune.surplus(second, n_trials=2)
-    assert tune.surplus(third, n_trials=2)
-    assert not tune.surplus(study.ask(), n_trials=4), "failed trials leave their place"
+    assert not surplus(second, n_trials=2)
+    assert surplus(third, n_trials=2)
+    assert not surplus(study.ask(), n_trials=4), "failed trials leave their place"
+
+
+def distribution(kind: str, **arguments: Any) -> dict[str, Any]:
+    return {"class_path": kind, "init_args": arguments}
 
 
 @pytest.mark.parametrize(
     ("fields", "extra", "message"),
     [
         ({"search_space": {"model.nope": LEARNING_RATE}}, [], "unknown config key model.nope"),
+        ({"n_trials": 0}, [], 'key "n_trials": Not of type PositiveInt'),
         (
-            {"search_space": {"model.lr": {"type": "float", "low": 0.1, "high": 0.01}}},
+            {
+                "search_space": {
+                    "model.optimizer.init_args.lr": distribution(
+                        "FloatDistribution", low=0.1, high=0.01
+                    )
+                }
+            },
             [],
-            "search_space model.lr is not a valid float distribution",
+            "`low <= high` must hold",
         ),
         (
-            {"search_space": {"data.batch_size": {"type": "categorical", "choices": [8, "big"]}}},
+            {
+                "search_space": {
+                    "data.batch_size": distribution("CategoricalDistribution", choices=[8, 0])
+                }
+            },
             [],
-            "search_space data.batch_size = 'big'",
+            "search_space data.batch_size = 0: --data.batch_size must be at least 1",
         ),
-        ({}, ["--trainer.max_epochs=abc"], "train refuses its arguments"),
+        (
+            {
+                "search_space": {
+                    "model.net.init_args.dropout": distribution(
+                        "FloatDistribution", low=0.0, high=1.5
+                    )
+                }
+            },
+            [],
+            "search_space model.net.init_args.dropout = 1.5: --model.net cannot be built",
+        ),
+        ({}, ["--trainer.max_epochs=abc"], "max_epochs"),
         ({}, ["--trainer.devices=2"], "tune runs each trial on one device"),
         ({}, ["--storage=sqlite:///missing/study.db"], "cannot open the storage"),
         ({}, ["--storage=missing/journal.log"], "cannot open the storage"),
@@ -393,8 +419,10 @@ def test_trial_beyond_n_trials_gives_way() -> None:
     ],
     ids=[
         "unknown-key",
+        "no-trials",
         "invalid-distribution",
-        "refused-value",
+        "refused-by-the-data-module",
+        "refused-by-the-network",
         "refused-train-flag",
         "several-devices",
         "unopenable-sqlite",
@@ -403,19 +431,13 @@ def test_trial_beyond_n_trials_gives_way() -> None:
     ],
 )
 def test_bad_input_is_one_line_and_starts_no_trial(
-    fields: dict[str, Any],
-    extra: list[str],
-    message: str,
-    data_flags: list[str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    fields: dict[str, Any], extra: list[str], message: str, data_flags: list[str], workdir: Path
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = f"sqlite:///{workdir / 'study.db'}"
     optuna.create_study(study_name="test", storage=storage, direction="minimize")
-    search = write_search(tmp_path, **fields)
+    search = write_search(workdir, **fields)
     with pytest.raises(SystemExit) as stopped:
-        tune.main([f"--search={search}", f"--storage={storage}", *data_flags, *TRIAL_FLAGS, *extra])
+        main([f"--search={search}", f"--storage={storage}", *data_flags, *TRIAL_FLAGS, *extra])
     assert str(stopped.value.code).startswith("error: ")
     assert message in str(stopped.value.code) and "\n" not in str(stopped.value.code)
-    assert load_trials(storage) == [] and not (tmp_path / "logs").exists()
+    assert load_trials(storage) == [] and not (workdir / "logs").exists()

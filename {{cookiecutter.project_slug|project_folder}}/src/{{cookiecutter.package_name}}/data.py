@@ -1,15 +1,25 @@
 {%- set fashion = cookiecutter.dataset == "fashion_mnist" -%}
 """{{ "Fashion-MNIST" if fashion else "MNIST" }} as a LightningDataModule: download, split, loaders; decoded once to tensors.
 
-This module is the one place that knows the data. To train on other data, replace it (keep the
-class name ``ImageDataModule``) and edit the ``data:`` section of the config. The rest of the
-project relies on what it provides:
+This module is the one place that knows the data. To train on other data, replace it with your
+own ``ImageDataModule`` (same class name) and edit the ``data:`` section of
+``configs/default.yaml`` to its arguments. The rest of the project relies on this contract,
+which ``tests/test_data_contract.py`` checks rule by rule:
 
-- ``class_names``, ``channels``, ``image_size``, ``mean`` and ``std``: facts about the data,
-  passed to the model by ``train.py`` and saved in every checkpoint;
-- ``train_dataloader``, ``val_dataloader`` and ``test_dataloader``, yielding batches of
-  (uint8 images of shape (N, channels, height, width), int64 labels);
-- ``write_sample``, which writes a small learnable sample for the project's tests.
+1. Facts about the data, as attributes that exist as soon as ``__init__`` returns:
+   ``class_names`` (strings, in label order), ``channels``, ``image_size`` (height, width),
+   and ``mean`` and ``std``, one value per channel on the 0-255 scale of the pixels.
+   ``train.py`` links them into the model, and every checkpoint keeps them.
+2. ``__init__`` calls ``self.save_hyperparameters()``: checkpoints record its arguments, and
+   ``predict`` without ``--input`` builds the module again from them to read the test split.
+3. ``train_dataloader``, ``val_dataloader`` and ``test_dataloader`` yield batches of uint8
+   images (N, channels, height, width) and int64 labels (N,) in ``range(len(class_names))``.
+   ``support.loading.batch_loader`` makes such loaders (and under DDP counts each evaluation
+   image once).
+4. A static ``write_sample(folder)`` writes a small sample of the data into ``folder``, in its
+   real file format, and returns the ``__init__`` arguments that read it. The project's tests
+   train on it: at least 4 training batches, 2 validation and 2 test batches, easy enough to
+   learn above 90 % test accuracy in two epochs.
 """
 
 import struct
@@ -19,11 +29,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision.datasets import {{ "FashionMNIST" if fashion else "MNIST" }}
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
-from .errors import DatasetError
+from .support.errors import DatasetError
+from .support.loading import InMemoryImages, batch_loader
 
 # torchvision's loader for the data set: it downloads into and reads from
 # <data_dir>/<its class name>/raw, in MNIST's IDX format.
@@ -34,81 +45,6 @@ RAW_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-
-class InMemoryImages(Dataset):
-    """Decoded uint8 images with their labels.
-
-    ``__getitems__`` lets the DataLoader gather a whole batch with one indexing operation
-    instead of collating it image by image.
-    """
-
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index], self.labels[index]
-
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        return self.images[indices], self.labels[indices]
-
-
-def already_batched(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """Collate function for datasets whose ``__getitems__`` returns whole batches."""
-    return batch
-
-
-def raw_folder(data_dir: str | Path) -> Path:
-    return Path(data_dir) / DATASET.__name__ / "raw"
-
-
-def load_split(data_dir: str | Path, train: bool) -> tuple[Tensor, Tensor]:
-    """Return uint8 images (N, 1, 28, 28) and int64 labels of one official split."""
-    folder = raw_folder(data_dir)
-    missing = [name for name in RAW_FILES if not (folder / name).is_file()]
-    if missing:
-        raise DatasetError(
-            f"{DATASET.__name__} is missing from {folder}: put the files "
-            f"{', '.join(missing)} there (uncompressed, as torchvision writes them)"
-        )
-    try:
-        dataset = DATASET(data_dir, train=train)
-    except Exception as error:  # torchvision's parser fails in several ways on a bad file
-        raise DatasetError(corrupt_file_message(folder)) from error
-    if len(dataset.data) != len(dataset.targets):
-        raise DatasetError(f"the image and label files in {folder} differ in length")
-    classes = len(ImageDataModule.class_names)
-    if len(dataset.targets) and int(dataset.targets.max()) >= classes:
-        label_file = RAW_FILES[1 if train else 3]
-        raise DatasetError(
-            f"{folder / label_file} holds label {int(dataset.targets.max())}, but there are "
-            f"only {classes} classes (0 to {classes - 1}): replace the file"
-        )
-    return dataset.data.unsqueeze(1), dataset.targets
-
-
-def corrupt_file_message(folder: Path) -> str:
-    for name in RAW_FILES:
-        try:
-            read_sn3_pascalvincent_tensor(str(folder / name))
-        except Exception:
-            return f"{folder / name} is truncated or corrupt: replace it"
-    return f"the files in {folder} cannot be read: replace all four"
-
-
-def write_idx(folder: Path, prefix: str, images: Tensor, labels: Tensor) -> None:
-    """Write uint8 images (N, 28, 28) and their labels as one split's two IDX files."""
-    count, height, width = images.shape
-    header = struct.pack(">IIII", 2051, count, height, width)
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.numpy().tobytes())
-    label_bytes = labels.to(torch.uint8).numpy().tobytes()
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
-        struct.pack(">II", 2049, count) + label_bytes
-    )
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -164,20 +100,19 @@ class ImageDataModule(pl.LightningDataModule):
             if value < least:
                 raise DatasetError(f"--data.{name} must be at least {least}, not {value}")
         self.save_hyperparameters()
-        self.datasets: dict[str, Dataset] = {}
+        self.datasets: dict[str, InMemoryImages] = {}
 
     @staticmethod
     def write_sample(folder: Path) -> dict[str, Any]:
-        """Write a small, easily learnable stand-in for the data set under ``folder``, in its
-        real file format, and return the arguments of this class that read it.
+        """Write 640 training and 127 test images in which the class sets the row of a bright
+        bar, as IDX files under ``folder``; return the arguments that read them.
 
-        The project's tests train on it: 640 training and 128 test images in which the class
-        sets the row of a bright bar.
+        127 test images make uneven shares for two DDP processes, which the tests use.
         """
         raw = raw_folder(folder)
         raw.mkdir(parents=True, exist_ok=True)
         generator = torch.Generator().manual_seed(0)
-        for prefix, size in (("train", 640), ("t10k", 128)):
+        for prefix, size in (("train", 640), ("t10k", 127)):
             labels = torch.arange(size) % 10
             images = torch.randint(0, 60, (size, 28, 28), generator=generator, dtype=torch.uint8)
             for image, label in zip(images, labels.tolist(), strict=True):
@@ -196,8 +131,7 @@ class ImageDataModule(pl.LightningDataModule):
             reason = str(error).splitlines()[0].rstrip(":")
             raise DatasetError(
                 f"{DATASET.__name__} is missing from {folder} and could not be downloaded "
-                f"({reason}); "
-                f"put the files {', '.join(RAW_FILES)} there (or their .gz archives)"
+                f"({reason}); put the files {', '.join(RAW_FILES)} there (or their .gz archives)"
             ) from error
 
     def setup(self, stage: str) -> None:
@@ -227,13 +161,54 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader("test")
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            collate_fn=already_batched,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
+        hparams = self.hparams
+        return batch_loader(self.datasets[split], hparams.batch_size, shuffle, hparams.num_workers)
+
+
+def raw_folder(data_dir: str | Path) -> Path:
+    return Path(data_dir) / DATASET.__name__ / "raw"
+
+
+def load_split(data_dir: str | Path, train: bool) -> tuple[Tensor, Tensor]:
+    """Return uint8 images (N, 1, 28, 28) and int64 labels of one official split."""
+    folder = raw_folder(data_dir)
+    missing = [name for name in RAW_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DatasetError(
+            f"{DATASET.__name__} is missing from {folder}: put the files "
+            f"{', '.join(missing)} there (uncompressed, as torchvision writes them)"
         )
+    try:
+        dataset = DATASET(data_dir, train=train)
+    except Exception as error:  # torchvision's parser fails in several ways on a bad file
+        raise DatasetError(corrupt_file_message(folder)) from error
+    if len(dataset.data) != len(dataset.targets):
+        raise DatasetError(f"the image and label files in {folder} differ in length")
+    classes = len(ImageDataModule.class_names)
+    if len(dataset.targets) and int(dataset.targets.max()) >= classes:
+        label_file = RAW_FILES[1 if train else 3]
+        raise DatasetError(
+            f"{folder / label_file} holds label {int(dataset.targets.max())}, but there are "
+            f"only {classes} classes (0 to {classes - 1}): replace the file"
+        )
+    return dataset.data.unsqueeze(1), dataset.targets
+
+
+def corrupt_file_message(folder: Path) -> str:
+    for name in RAW_FILES:
+        try:
+            read_sn3_pascalvincent_tensor(str(folder / name))
+        except Exception:
+            return f"{folder / name} is truncated or corrupt: replace it"
+    return f"the files in {folder} cannot be read: replace all four"
+
+
+def write_idx(folder: Path, prefix: str, images: Tensor, labels: Tensor) -> None:
+    """Write uint8 images (N, 28, 28) and their labels as one split's two IDX files."""
+    count, height, width = images.shape
+    header = struct.pack(">IIII", 2051, count, height, width)
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.numpy().tobytes())
+    label_bytes = labels.to(torch.uint8).numpy().tobytes()
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        struct.pack(">II", 2049, count) + label_bytes
+    )

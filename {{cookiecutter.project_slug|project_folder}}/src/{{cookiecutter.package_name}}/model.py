@@ -1,35 +1,51 @@
-"""The LightningModule: loss, metrics, optimizer and the train/val/test/predict steps."""
+"""The LightningModule: loss, metrics, the optimizer and its schedule, and the steps."""
 
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
-from torch.optim import AdamW, Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, OneCycleLR
-from torchmetrics import MetricCollection
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from .errors import CheckpointError, ConfigError
-from .nets import ConvNet
+from .support.errors import ConfigError, one_line
+
+# What the data module tells the model about its data (linked by train.py, kept in checkpoints).
+DATA_FACTS = ("class_names", "channels", "image_size", "mean", "std")
 
 # Builds a network from (in_channels, num_classes, image_size); in a config, a class path of
 # nets.py with its own init args, e.g. `net: {class_path: ...nets.MLP, init_args: {...}}`.
 NetFactory = Callable[[int, int, tuple[int, int]], nn.Module]
+# An optimizer class of torch.optim with its settings, e.g. `{class_path: torch.optim.SGD,
+# init_args: {lr: 0.1, momentum: 0.9}}`; it gets the parameters.
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 
-# What the data module tells the model about its data (linked by train.py, kept in checkpoints).
-DATA_FACTS = ("class_names", "channels", "image_size", "mean", "std")
+
+class ScheduleFactory(Protocol):
+    """A scheduler class of torch.optim.lr_scheduler with its settings, stepped after every
+    optimizer step. Its span (``total_steps``, ``T_max`` or ``total_iters``, whichever it
+    takes) is not set in the config: it is the run's number of optimizer steps."""
+
+    def __call__(
+        self, optimizer: Optimizer, /, *, total_steps: int, T_max: int, total_iters: int
+    ) -> LRScheduler: ...
+
+
+SPAN_ARGUMENTS = ("total_steps", "T_max", "total_iters")
 
 
 class ImageClassifier(pl.LightningModule):
     """Classifies images into the data module's classes.
 
     Takes images as pixel values (uint8, or floats on the same 0-255 scale) and normalizes
-    them itself, so exported and served models need no constants beside them. Every
-    hyperparameter is a plain value, so checkpoints load with torch's weights-only loading.
+    them itself, so exported and served models need no constants beside them. In a config
+    every setting is a plain value, so checkpoints load with torch's weights-only loading.
     """
 
     def __init__(
@@ -39,10 +55,9 @@ class ImageClassifier(pl.LightningModule):
         image_size: tuple[int, int],
         mean: Sequence[float],
         std: Sequence[float],
-        net: NetFactory = ConvNet,
-        lr: float = 1e-2,
-        weight_decay: float = 1e-4,
-        schedule: Literal["one_cycle", "cosine"] = "one_cycle",
+        net: NetFactory,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: ScheduleFactory | None = None,
     ) -> None:
         """
         Args:
@@ -52,27 +67,28 @@ class ImageClassifier(pl.LightningModule):
             mean: Per-channel pixel mean of the training images, 0-255 scale (from the data module).
             std: Per-channel pixel standard deviation, 0-255 scale (from the data module).
             net: The network: a class of nets.py and its own settings.
-            lr: Peak learning rate of AdamW.
-            weight_decay: AdamW's decoupled weight decay.
-            schedule: The learning rate over the run, stepped every batch: ``one_cycle`` rises
-                to ``lr`` over the first 30 % of the steps, then anneals along a cosine
-                (OneCycleLR); ``cosine`` starts at ``lr`` and anneals (CosineAnnealingLR).
+            optimizer: The optimizer: a class of torch.optim and its settings (none for a
+                model that is not trained, e.g. loaded to predict).
+            scheduler: The learning-rate schedule over the run, or none for a constant rate.
+
+        The config (configs/default.yaml) sets all three.
         """
         super().__init__()
         self.save_hyperparameters()
-        if lr <= 0 or weight_decay < 0:
-            raise ConfigError(
-                f"--model.lr must be above 0 and --model.weight_decay at least 0, "
-                f"not {lr} and {weight_decay}"
-            )
         if not len(mean) == len(std) == channels:
-            raise ValueError(f"mean and std need one value per channel ({channels}): {mean}, {std}")
+            raise ConfigError(
+                f"mean and std need one value per channel ({channels}): {mean}, {std}"
+            )
         self.input_shape = (channels, *image_size)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        self.net = net(channels, len(class_names), tuple(image_size))
+        try:
+            self.net = net(channels, len(class_names), tuple(image_size))
+        except (TypeError, ValueError) as error:  # e.g. images too small for the network
+            raise ConfigError(f"--model.net cannot be built: {one_line(error)}") from error
         # NHWC weights let cuDNN and oneDNN pick their faster convolution kernels.
         self.net.to(memory_format=torch.channels_last)
+        self.make_optimizer, self.make_scheduler = optimizer, scheduler
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes=len(class_names), average="micro"),
@@ -81,6 +97,9 @@ class ImageClassifier(pl.LightningModule):
         )
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # Means over images, not over batches: exact however the images split into batches
+        # and, under DDP, into processes.
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
 
     def forward(self, images: Tensor) -> Tensor:
         """Class logits for a batch of images of shape (N, channels, height, width)."""
@@ -91,19 +110,11 @@ class ImageClassifier(pl.LightningModule):
             )
         return self.net((images.float() - self.pixel_mean) / self.pixel_std)
 
-    def _step(
-        self, batch: tuple[Tensor, Tensor], metrics: MetricCollection
-    ) -> tuple[Tensor, Tensor]:
-        images, labels = batch
-        logits = self(images)
-        metrics.update(logits, labels)
-        return F.cross_entropy(logits, labels), logits
-
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         # Only the loss: accuracy on batches the weights are still moving on says little, and
         # computing it every step costs several percent of a CPU run. Validation measures.
         images, labels = batch
-        loss = F.cross_entropy(self(images), labels)
+        loss = F.cross_entropy(self(images), torch.as_tensor(labels, device=self.device))
         if self._loggers_write_this_step():
             self.log("train/loss", loss, prog_bar=True)
             # Here rather than by LearningRateMonitor, which fails when no logger is set.
@@ -121,65 +132,62 @@ class ImageClassifier(pl.LightningModule):
         return every > 0 and (self.global_step + 1) % every == 0
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, _ = self._step(batch, self.val_metrics)
-        self.log("val/loss", loss, sync_dist=True)
-        self.log_dict(self.val_metrics, prog_bar=True)
+        self._evaluate(batch, self.val_metrics, self.val_loss, "val/loss")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, logits = self._step(batch, self.test_metrics)
-        self.log("test/loss", loss, sync_dist=True)
-        self.log_dict(self.test_metrics)
-        return logits  # for callbacks that look at the predictions, such as TestReport
+        # The logits, for callbacks that look at the predictions, such as TestReport.
+        return self._evaluate(batch, self.test_metrics, self.test_loss, "test/loss")
+
+    def _evaluate(
+        self, batch: tuple[Tensor, Tensor], metrics: MetricCollection, loss: MeanMetric, name: str
+    ) -> Tensor:
+        images, labels = batch
+        labels = torch.as_tensor(labels, device=self.device)
+        logits = self(images)
+        loss.update(F.cross_entropy(logits, labels), weight=len(labels))
+        metrics.update(logits, labels)
+        self.log(name, loss)
+        self.log_dict(metrics, prog_bar=self.trainer.validating or self.trainer.sanity_checking)
+        return logits
 
     def predict_step(self, batch: tuple[Tensor, Any], batch_idx: int) -> dict[str, Tensor]:
         images, _ = batch
         confidence, class_index = self(images).float().softmax(dim=1).max(dim=1)
         return {"class_index": class_index.cpu(), "confidence": confidence.cpu()}
 
-    def configure_optimizers(self) -> dict:
-        optimizer, scheduler = self.optimizer_and_schedule(self.trainer.estimated_stepping_batches)
+    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
+        optimizer, scheduler = self.optimization(self.trainer.estimated_stepping_batches)
+        if scheduler is None:
+            return optimizer
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
-    def optimizer_and_schedule(self, total_steps: int) -> tuple[Optimizer, LRScheduler]:
-        """AdamW and its learning-rate schedule over ``total_steps`` optimizer steps."""
-        hparams = self.hparams
-        optimizer = AdamW(self.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
-        if hparams.schedule == "cosine":
-            return optimizer, CosineAnnealingLR(optimizer, T_max=total_steps)
-        return optimizer, OneCycleLR(optimizer, max_lr=hparams.lr, total_steps=total_steps)
+    def optimization(self, total_steps: int) -> tuple[Optimizer, LRScheduler | None]:
+        """The optimizer, and its schedule over ``total_steps`` optimizer steps."""
+        if self.make_optimizer is None:
+            raise ConfigError("--model.optimizer is not set: give one in the config")
+        try:
+            optimizer = self.make_optimizer(self.parameters())
+            if self.make_scheduler is None:
+                return optimizer, None
+            return optimizer, self.make_scheduler(
+                optimizer, **span(self.make_scheduler, total_steps)
+            )
+        except (TypeError, ValueError) as error:  # torch's own checks, e.g. "Invalid learning rate"
+            raise ConfigError(
+                f"--model.optimizer or --model.scheduler: {one_line(error)}"
+            ) from error
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The learning-rate schedule spans this many steps; a resumed fit must plan the same.
+        # The schedule spans this many steps; a resumed fit must plan the same (train.py).
         checkpoint["schedule_steps"] = self.trainer.estimated_stepping_batches
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse, in one line, to resume a fit from a checkpoint made for another network,
-        other data or another schedule length."""
-        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
-            return  # loading weights to predict, test or export: the checkpoint built this model
-        saved = checkpoint.get("hyper_parameters", {})
-        for name in ("class_names", "channels", "image_size", "net"):
-            if name in saved and plain(saved[name]) != plain(self.hparams[name]):
-                raise CheckpointError(
-                    f"the checkpoint was trained with {name} {plain(saved[name])}, "
-                    f"this run has {plain(self.hparams[name])}"
-                )
-        planned, steps = checkpoint.get("schedule_steps"), self.trainer.estimated_stepping_batches
-        if planned is not None and planned != steps:
-            raise CheckpointError(
-                f"the checkpoint's learning-rate schedule spans {planned} steps, this run plans "
-                f"{steps}: resume with the same --trainer.max_epochs, batch size and data, or "
-                "start a new run"
-            )
 
-
-def plain(value: Any) -> Any:
-    """Tuples as lists, recursively, so values from YAML and from checkpoints compare alike."""
-    if isinstance(value, tuple | list):
-        return [plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    return value
+def span(make_scheduler: Callable[..., LRScheduler], total_steps: int) -> dict[str, int]:
+    """The span argument the scheduler class takes, set to ``total_steps``."""
+    # From a config, the factory is a partial of the class (jsonargparse's instantiation).
+    target = make_scheduler.args[-1] if isinstance(make_scheduler, partial) else make_scheduler
+    parameters = inspect.signature(target).parameters
+    return {name: total_steps for name in SPAN_ARGUMENTS if name in parameters}

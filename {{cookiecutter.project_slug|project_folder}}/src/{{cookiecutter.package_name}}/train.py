@@ -1,37 +1,94 @@
-"""Train entry point: fit, then test the best checkpoint. ``--help`` lists every flag."""
+"""Training: fit, then test the best checkpoint. ``--help`` lists every setting.
 
-import gc
+Every run reads ``configs/default.yaml`` of this package first; ``--config my.yaml`` and flags
+such as ``--trainer.max_epochs 10`` change what they name. ``resolve`` and ``train`` are the
+same steps for other code (the search builds each trial's config with them).
+"""
+
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+import pytorch_lightning as pl
 from jsonargparse import ArgumentParser, Namespace
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
+from pytorch_lightning.plugins import CheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from .callbacks import (
+from .data import ImageDataModule
+from .model import DATA_FACTS, ImageClassifier
+from .support.callbacks import (
     BestCheckpoint,
     EpochSummary,
     LastCheckpoint,
     SaveRunInfo,
     StopOnNonFiniteLoss,
 )
-from .checkpoints import check_model_hparams, newest_last_checkpoint, read_checkpoint
-from .data import ImageDataModule
-from .errors import UserError
-from .hardware import close_process_group, trainer_defaults
-from .model import DATA_FACTS, ImageClassifier
-from .report import TestReport
+from .support.checkpoints import (
+    AtomicCheckpointIO,
+    check_resume,
+    newest_last,
+    read_checkpoint,
+    runs_folder,
+)
+from .support.errors import ConfigError, DatasetError, UserError, exit_on_user_error
+from .support.files import write_file
+from .support.process import configure_process, default_precision
+from .support.report import TestReport
 
-# Runs, checkpoints and logs go here unless --trainer.default_root_dir says otherwise.
-DEFAULT_ROOT_DIR = "logs"
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
 class TrainCLI(LightningCLI):
-    """LightningCLI with a resume flag, configurable best-model checkpoint and early stopping,
-    and the data module's facts about its data passed on to the model."""
+    """LightningCLI over ``configs/default.yaml``, with a resume flag, the best-model checkpoint
+    and early stopping as settings, and the data module's facts passed on to the model."""
+
+    def __init__(
+        self,
+        args: list[str] | Namespace | None = None,
+        callbacks: Iterable[pl.Callback] = (),
+        parse_only: bool = False,
+    ) -> None:
+        """``args``: command-line arguments, or a config (``resolve(...).config``).
+        ``callbacks``: objects added to the project's own. ``parse_only``: stop once the
+        arguments are resolved."""
+        self.parse_only = parse_only
+        super().__init__(
+            ImageClassifier,
+            ImageDataModule,
+            args=args,
+            run=False,
+            auto_configure_optimizers=False,
+            save_config_callback=SaveRunInfo,
+            parser_kwargs={
+                "default_config_files": [str(DEFAULT_CONFIG)],
+                # A command line ends in jsonargparse's usage message, a config in ConfigError.
+                "exit_on_error": not parse_only and not isinstance(args, Namespace),
+            },
+            # Only what depends on this machine; the config file holds every other default.
+            trainer_defaults={
+                "precision": default_precision(),
+                # A live progress bar in a terminal; one line per epoch in logs and batch jobs.
+                "enable_progress_bar": sys.stderr.isatty(),
+                "callbacks": [
+                    LastCheckpoint(),
+                    StopOnNonFiniteLoss(),
+                    EpochSummary(),
+                    TestReport(),
+                    *callbacks,
+                ],
+            },
+        )
+
+    def parse_arguments(self, parser: ArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except Exception as error:  # with exit_on_error off: jsonargparse's ArgumentError
+            raise ConfigError(" ".join(str(error).split())) from None
 
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
         parser.add_argument(
@@ -41,46 +98,66 @@ class TrainCLI(LightningCLI):
             help="Checkpoint to resume fitting from, or `last`: the newest last.ckpt of the runs.",
         )
         parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/acc",
-                "checkpoint.mode": "max",
-                "checkpoint.filename": "epoch{epoch:02d}-val_acc{val/acc:.4f}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
-        parser.set_defaults(
-            {
-                "early_stopping.monitor": "val/acc",
-                "early_stopping.mode": "max",
-                "early_stopping.patience": {{ 8 if cookiecutter.dataset == "image_folder" else 3 }},
-            }
-        )
         for fact in DATA_FACTS:
-            parser.link_arguments(f"data.{fact}", f"model.{fact}", apply_on="instantiate")
+            parser.link_arguments(
+                "data", f"model.{fact}", compute_fn=data_fact(fact), apply_on="instantiate"
+            )
 
     def before_instantiate_classes(self) -> None:
-        """Keep the logs under the root folder, check the checkpoint to resume before anything
-        is built, and resume in its run folder."""
-        trainer, logger = self.config.trainer, self.config.trainer.logger
+        """Keep the logs under the root folder, name checkpoints by the monitored metric, and
+        resume in the run folder of the checkpoint."""
+        if self.parse_only:
+            return
+        config = self.config
+        trainer, logger = config.trainer, config.trainer.logger
+        default_root = self.parser.get_defaults().trainer.default_root_dir
         # The config's logger writes under the default root folder; with another
         # --trainer.default_root_dir its logs move along, as Lightning's own default logger's do.
-        if (
-            trainer.default_root_dir != DEFAULT_ROOT_DIR
-            and isinstance(logger, Namespace)
-            and logger.init_args.get("save_dir") == DEFAULT_ROOT_DIR
-        ):
+        if isinstance(logger, Namespace) and logger.init_args.get("save_dir") == default_root:
             logger.init_args.save_dir = trainer.default_root_dir
-        ckpt_path = self.config.ckpt_path
-        if ckpt_path is None:
+        if config.checkpoint.filename is None:
+            metric = config.checkpoint.monitor
+            name = metric.replace("/", "_")
+            # Lightning fills in the epoch and the metric's value: epoch02-val_acc0.9912.ckpt
+            config.checkpoint.filename = "epoch{epoch:02d}-" + name + "{" + metric + ":.4f}"
+            config.checkpoint.auto_insert_metric_name = False
+        if config.ckpt_path == "last":
+            config.ckpt_path = str(newest_last(*runs_folder(trainer)))
+            print(f"resuming from {config.ckpt_path}")
+        if config.ckpt_path:
+            continue_run_folder(logger, Path(config.ckpt_path))
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The trainer, writing checkpoints whole (unless the config names another way)."""
+        plugins = list(self._get(self.config_init, "trainer").get("plugins") or [])
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(plugins=plugins, **kwargs)
+
+    def instantiate_classes(self) -> None:
+        if self.parse_only:
             return
-        if ckpt_path == "last":
-            ckpt_path = str(newest_last_checkpoint(self.config.trainer.default_root_dir))
-            print(f"resuming from {ckpt_path}")
-        check_model_hparams(ckpt_path, read_checkpoint(ckpt_path).get("hyper_parameters", {}))
-        self.config.ckpt_path = ckpt_path
-        continue_run_folder(self.config.trainer.logger, Path(ckpt_path))
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # jsonargparse wraps errors raised while linking
+            if isinstance(error.__cause__, UserError):
+                raise error.__cause__ from None
+            raise
+
+
+def data_fact(name: str) -> Any:
+    """Read one fact off the data module, or say which rule of the data contract it breaks."""
+
+    def fact_of(datamodule: pl.LightningDataModule) -> Any:
+        if not hasattr(datamodule, name):
+            raise DatasetError(
+                f"{type(datamodule).__name__} has no {name} once __init__ returns: the data "
+                f"contract (data.py) asks for {', '.join(DATA_FACTS)} as attributes set by then"
+            )
+        return getattr(datamodule, name)
+
+    return fact_of
 
 
 def continue_run_folder(logger: Namespace | bool | None, ckpt_path: Path) -> None:
@@ -94,63 +171,46 @@ def continue_run_folder(logger: Namespace | bool | None, ckpt_path: Path) -> Non
         logger.init_args.version = run_dir.name
 
 
-def train(args: list[str] | None = None) -> TrainCLI:
-    """Parse ``args`` (default: the command line), fit, test the best checkpoint."""
+def resolve(args: list[str] | Namespace) -> TrainCLI:
+    """The complete config ``train`` would run with these arguments (``.config``), and its
+    parser (``.parser``), without building anything."""
+    return TrainCLI(args, parse_only=True)
+
+
+def train(
+    args: list[str] | Namespace | None = None, callbacks: Iterable[pl.Callback] = ()
+) -> TrainCLI:
+    """Fit with ``args`` (default: the command line), then test the best checkpoint."""
     # MLflow 3 refuses its file store unless asked; with the MLflow logger, runs are plain
     # files under logs/ unless the config points it at a tracking server.
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    cli = TrainCLI(
-        ImageClassifier,
-        ImageDataModule,
-        args=args,
-        run=False,
-        auto_configure_optimizers=False,
-        seed_everything_default=42,
-        save_config_callback=SaveRunInfo,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            **trainer_defaults(),
-            "max_epochs": {{ 30 if cookiecutter.dataset == "image_folder" else 3 }},
-            "default_root_dir": DEFAULT_ROOT_DIR,
-            # configs/default.yaml chooses the logger; without a config, CSV files per run.
-            "logger": {
-                "class_path": "pytorch_lightning.loggers.CSVLogger",
-                "init_args": {"save_dir": DEFAULT_ROOT_DIR, "name": "runs"},
-            },
-            # A live progress bar in a terminal; one line per epoch in CI logs and batch jobs.
-            "enable_progress_bar": sys.stderr.isatty(),
-            "callbacks": [LastCheckpoint(), StopOnNonFiniteLoss(), EpochSummary(), TestReport()],
-        },
-    )
-    trainer = cli.trainer
-    trainer.fit(
-        cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True
-    )
+    cli = TrainCLI(args, callbacks)
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    ckpt_path = cli.config.ckpt_path
+    if ckpt_path:  # checked before the fit writes anything into the run folder
+        checkpoint = read_checkpoint(ckpt_path)
+        check_resume(ckpt_path, checkpoint, dict(model.hparams), trainer, datamodule)
+        if isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            trainer.strategy.checkpoint_io.read_ahead[ckpt_path] = checkpoint
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     # Empty when no checkpoint was written (e.g. --trainer.fast_dev_run): test the last weights.
     best = cli.config_init["checkpoint"].best_model_path or None
-    results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
     # Every rank must ask for log_dir: the property broadcasts rank 0's answer.
-    run_dir = trainer.log_dir or trainer.default_root_dir
+    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
     if trainer.is_global_zero:
         summary = {"best_checkpoint": best, **results[0]}
-        Path(run_dir, "test_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_file(run_dir / "test_metrics.json", json.dumps(summary, indent=2) + "\n")
     return cli
 
 
-def main() -> None:
-    # The objects of the imports (torch, Lightning, ...) live as long as the run; frozen, the
-    # cyclic garbage collector stops walking them every few thousand allocations of a step.
-    gc.freeze()
-    try:
-        train()
-    except (UserError, MisconfigurationException) as error:
-        # Lightning's own configuration errors (e.g. a GPU asked for where there is none)
-        # are already worded for the user.
-        sys.exit(f"error: {str(error).strip().splitlines()[0]}")
-    except SIGTERMException:
-        sys.exit("stopped by SIGTERM")
-    finally:
-        close_process_group()
+def main(argv: list[str] | None = None) -> None:
+    configure_process()
+    with exit_on_user_error():
+        try:
+            train(argv)
+        except SIGTERMException:
+            sys.exit("stopped by SIGTERM")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
+
+from .files import replaced
 
 
 class TestReport(pl.Callback):
@@ -33,6 +36,7 @@ class TestReport(pl.Callback):
     ) -> None:
         images, labels = batch
         predicted = outputs.argmax(dim=1)
+        labels = torch.as_tensor(labels, device=predicted.device)
         self.confusion.update(predicted, labels)
         missing = self.max_images - len(self.mistakes)
         if missing > 0:
@@ -53,10 +57,10 @@ class TestReport(pl.Callback):
             "confusion_matrix": confusion_figure(matrix, self.class_names),
             "misclassified": mistakes_figure(self.mistakes, self.class_names),
         }
-        run_dir.mkdir(parents=True, exist_ok=True)
         for name, figure in figures.items():
             path = run_dir / f"{name}.png"
-            figure.savefig(path, dpi=100)
+            with replaced(path) as file:
+                figure.savefig(file, format="png", dpi=100)
             for logger in trainer.loggers:
                 send_picture(logger, f"test/{name}", figure, path)
 

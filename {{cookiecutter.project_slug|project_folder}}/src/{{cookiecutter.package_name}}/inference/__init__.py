@@ -1,0 +1,1 @@
+"""Using a trained model: predict to CSV, export for other runtimes, serve over HTTP."""

@@ -1,0 +1,131 @@
+"""Serve: a checkpoint behind an HTTP endpoint and a page to try it, on LitServe.
+
+    python -m {{ cookiecutter.package_name }}.inference.serve --ckpt_path CKPT
+    open http://127.0.0.1:8000/            # the page: drop an image, see the classes
+    curl -F image=@digit.png http://127.0.0.1:8000/predict
+
+POST /predict takes one image file in the multipart form field ``image`` and answers, as JSON,
+its class index, class name and confidence (softmax probability), and the ``--top_k`` most
+likely classes. Images are decoded by ``images.decode``, as in ``predict``, so both give the
+same answer for the same file. LitServe runs the model in worker processes, batches requests
+that arrive together (``--max_batch_size``, ``--batch_timeout``) and serves GET /health (200
+once the workers are ready) and GET /info (class names, input shape, checkpoint, template
+version). SIGTERM or Ctrl-C, to this process or to all of the server's (``docker stop``,
+systemd, Kubernetes), answers the requests the server has read, then stops every process.
+Needs the ``serve`` extra: ``pip install -e ".[serve]"``.
+"""
+
+import argparse
+import os
+import signal
+import socket
+from pathlib import Path
+from types import FrameType
+
+from ..support.errors import ConfigError, exit_on_user_error, require
+from ..support.process import configure_process
+
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")
+
+
+def stop_on_signals() -> None:
+    """The first SIGTERM or SIGINT to this process stops the server as Ctrl-C does; later ones
+    change nothing. The processes LitServe forks inherit the handler and ignore both signals:
+    this process stops them in order (``server.Server``), whoever got the signal."""
+    server_pid, stopping = os.getpid(), []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() == server_pid and not stopping:
+            stopping.append(signum)
+            raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+
+
+def check_port_is_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(
+                f"port {port} of {host} is taken ({error.strerror}): choose another with --port"
+            ) from None
+
+
+def positive(kind: type) -> type:
+    def value(text: str) -> float:
+        number = kind(text)
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return number
+
+    return value
+
+
+def devices_value(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"'auto' or a count of at least 1, not {value!r}")
+    return int(value)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--ckpt_path", type=Path, required=True, help="checkpoint from training")
+    add("--host", default=HOSTS[0], choices=HOSTS, help="0.0.0.0 or '::': other machines too")
+    add("--port", type=int, default=8000, help="1024-65535 (%(default)s)")
+    add("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add("--devices", type=devices_value, default="auto", help="'auto' or a count (%(default)s)")
+    add("--workers_per_device", type=positive(int), default=1, help="model processes per device")
+    add("--max_batch_size", type=positive(int), default=16, help="1: no batching (%(default)s)")
+    # At 0, LitServe's batching loop would poll its queue without pause: a whole core while idle.
+    add("--batch_timeout", type=positive(float), default=0.005, help="seconds a batch may wait")
+    add("--fast_queue", action=argparse.BooleanOptionalAction, default=True, help="ZeroMQ queues")
+    add("--max_payload_mb", type=positive(float), default=10, help="larger requests get 413")
+    add(
+        "--top_k", type=positive(int), default=5, help="most likely classes to answer (%(default)s)"
+    )
+    add("--idle_timeout", type=positive(int), default=5, help="seconds a silent connection stays")
+    args = parser.parse_args(argv)
+    if not 1024 <= args.port <= 65535:
+        parser.error(f"--port must be within 1024-65535, not {args.port}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    configure_process()
+    with exit_on_user_error():
+        for module in ("litserve", "multipart"):
+            require(module, extra="serve", feature="serve")
+        from .server import QuietConnectionsClosed, build_server
+
+        check_port_is_free(args.host, args.port)
+        server = build_server(
+            args.ckpt_path,
+            top_k=args.top_k,
+            accelerator=args.accelerator,
+            devices=args.devices,
+            workers_per_device=args.workers_per_device,
+            max_batch_size=args.max_batch_size,
+            batch_timeout=args.batch_timeout,
+            max_payload_mb=args.max_payload_mb,
+            fast_queue=args.fast_queue,
+        )
+    stop_on_signals()
+    server.run(
+        host=args.host,
+        port=args.port,
+        generate_client_file=False,
+        http=QuietConnectionsClosed,
+        timeout_keep_alive=args.idle_timeout,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Every file the commands write is the old one or the complete new one, whatever happens."""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from .errors import OutputError, one_line
+
+
+def check_output(path: Path) -> None:
+    """Refuse to write over anything but a regular file (a device, a folder, a link)."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise OutputError(f"{path} exists and is not a regular file: give another output path")
+
+
+@contextmanager
+def replaced(path: Path) -> Iterator[IO[bytes]]:
+    """Open a file to write ``path`` through, as ``written_beside`` does."""
+    with written_beside(path) as partial, partial.open("wb") as file:
+        yield file
+
+
+@contextmanager
+def written_beside(path: Path) -> Iterator[Path]:
+    """A path beside ``path`` for a writer to fill; flushed to disk and renamed over ``path``
+    when the block ends without an error, removed when it fails.
+
+    On the same file system a rename is atomic, so a reader, a kill or a power cut never sees
+    half a file; the process id in the name keeps writers in parallel apart. The suffix stays
+    last, for writers that insist on one.
+    """
+    check_output(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield partial
+        with partial.open("rb+") as file:
+            os.fsync(file.fileno())
+        partial.replace(path)
+    except BaseException as error:
+        partial.unlink(missing_ok=True)
+        # A full disk, a read-only folder: torch.save reports the OSError as its context.
+        cause = error if isinstance(error, OSError) else error.__cause__ or error.__context__
+        if isinstance(cause, OSError):
+            raise OutputError(
+                f"cannot write {path}: {cause.strerror or one_line(cause)}"
+            ) from error
+        raise
+    sync_folder(path.parent)
+    remove_stale_partials(path)
+
+
+def write_file(path: Path, content: str | bytes) -> None:
+    with replaced(path) as file:
+        file.write(content.encode() if isinstance(content, str) else content)
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Partial files of ``path`` that killed processes left behind."""
+    for partial in path.parent.glob(f".{path.name}.*.partial{path.suffix}"):
+        pid = partial.name.removeprefix(f".{path.name}.").split(".")[0]
+        if pid.isdigit() and not process_exists(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk, where the system allows it."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
