@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from helpers import Fit, mounted_tmpfs
 from PIL import Image
-from torchvision.transforms import v2
 
 from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.support.errors import DatasetError
 
-if not hasattr(data, "CACHE_VERSION"):
+if not hasattr(data, "held_out"):
     pytest.skip("data.py no longer reads an image folder", allow_module_level=True)
 
 
@@ -170,58 +171,132 @@ def test_sets_above_max_cache_gb_stream_the_same_batches(sample: dict[str, Any])
         assert torch.equal(labels_of(streamed, split), labels_of(cached, split)), split
 
 
-def first_training_batch(datamodule: data.ImageDataModule) -> torch.Tensor:
-    images, _ = datamodule.datasets["train"].__getitems__(list(range(32)))
-    return images
+class SeenBatches(pl.Callback):
+    """Keep the first batch each stage hands the model, after the copy to its device."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, module: Any, batch: Any, *args: Any
+    ) -> None:
+        self.seen.setdefault("train", batch[0])
+
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, module: Any, batch: Any, *args: Any
+    ) -> None:
+        if not trainer.sanity_checking:
+            self.seen.setdefault("val", batch[0])
+
+    def on_test_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, *args: Any) -> None:
+        self.seen.setdefault("test", batch[0])
 
 
-def test_augmentation_changes_training_images_only(data_args: dict[str, Any]) -> None:
-    augment = [v2.RandomResizedCrop([32, 32], scale=(0.5, 1.0)), v2.ColorJitter(brightness=0.5)]
-    plain = data.ImageDataModule(**data_args)
-    augmented = data.ImageDataModule(**data_args, augment=augment)
-    for datamodule in (plain, augmented):
-        datamodule.setup("fit")
-        datamodule.setup("test")
-    first_epoch, second_epoch = first_training_batch(augmented), first_training_batch(augmented)
-    assert first_epoch.shape == (32, 3, 32, 32) and first_epoch.dtype == torch.uint8
-    assert not torch.equal(first_epoch, first_training_batch(plain))
-    assert not torch.equal(first_epoch, second_epoch), "the same changes in every epoch"
+def test_only_training_batches_are_augmented_each_image_its_own_way(
+    fit: Fit, tmp_path: Path
+) -> None:
+    seen = SeenBatches()
+    cli = fit(tmp_path, "--trainer.max_epochs=1", callbacks=[seen])
+    datamodule = cli.datamodule
+    plain = {
+        split: next(iter(getattr(datamodule, f"{split}_dataloader")()))[0]
+        for split in ("val", "test")
+    }
     for split in ("val", "test"):
-        assert torch.equal(images_of(augmented, split), images_of(plain, split)), split
+        assert torch.equal(seen.seen[split], plain[split]), f"{split} images were changed"
+    augmented = seen.seen["train"]
+    assert augmented.dtype == torch.float32 and augmented.shape[1:] == plain["val"].shape[1:]
+    # Every image its own crop, flip and colours: no two changed alike.
+    originals = datamodule.datasets["train"].images
+    assert not any(
+        torch.equal(image, original.float()) for image in augmented for original in originals[:64]
+    )
 
 
-def test_each_image_gets_its_own_random_augmentation(data_args: dict[str, Any]) -> None:
-    plain = data.ImageDataModule(**data_args)
-    flipping = data.ImageDataModule(**data_args, augment=[v2.RandomHorizontalFlip()])
-    plain.setup("fit")
-    flipping.setup("fit")
-    pairs = zip(first_training_batch(flipping), first_training_batch(plain), strict=True)
-    flipped = [torch.equal(image, original.flip(-1)) for image, original in pairs]
-    assert 0 < sum(flipped) < len(flipped), "one coin flip for the whole batch"
+def test_augmentation_draws_per_image_and_keeps_the_pixel_range() -> None:
+    same = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8).expand(32, -1, -1, -1)
+    changed = data.Augment()(same)
+    assert changed.shape == same.shape and changed.min() >= 0 and changed.max() <= 255
+    distinct = {image.numpy().tobytes() for image in changed}
+    assert len(distinct) == len(same), "images of one batch drew the same changes"
+    unchanged = data.Augment(crop_scale=(1.0, 1.0), flip=False, jitter=0.0)
+    square = unchanged(torch.randint(0, 256, (8, 1, 12, 12), dtype=torch.uint8))
+    assert square.shape == (8, 1, 12, 12)
 
 
 @pytest.mark.parametrize(
     ("augment", "message"),
-    [
-        ([v2.RandomResizedCrop([16, 16])], r"shape \(3, 32, 32\) into \(3, 16, 16\)"),
-        ([v2.ToDtype(torch.float32, scale=True)], "must return uint8 image tensors"),
-    ],
-    ids=["wrong-size", "float-output"],
+    [({"crop_scale": [0.0, 1.0]}, "crop_scale"), ({"jitter": 1.5}, "jitter")],
+    ids=["no-area", "too-much-jitter"],
 )
-def test_augmentation_that_breaks_the_images_is_refused_before_training(
-    data_args: dict[str, Any], augment: list, message: str
+def test_augmentation_values_out_of_range_are_refused(
+    data_args: dict[str, Any], augment: dict, message: str
 ) -> None:
-    datamodule = data.ImageDataModule(**data_args, augment=augment)
-    with pytest.raises(DatasetError, match=message):
-        datamodule.setup("fit")
+    with pytest.raises(DatasetError, match=f"--data.augment.{message}"):
+        data.ImageDataModule(**data_args, augment=data.Augment(**augment))
 
 
-def test_unwritable_cache_folder_is_named(tmp_path: Path) -> None:
+def test_auto_sizes_fit_the_folder_and_an_explicit_size_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "gray"
+    for index, (width, height) in enumerate([(8, 8)] * 5 + [(20, 10)] * 3):
+        folder = root / "train" / ("a" if index % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (width, height), 40 * index).save(folder / f"{index}.png")
+    auto = data.ImageDataModule(data_dir=str(root), val_size=1, test_size=1)
+    assert (auto.image_size, auto.channels) == ((8, 8), 1), "most common size, all grayscale"
+    assert data.ImageDataModule(
+        data_dir=str(root), image_size=[16, 12], val_size=1, test_size=1
+    ).image_size == (16, 12)
+    Image.new("RGB", (400, 300), (200, 10, 10)).save(root / "train" / "a" / "colour.png")
+    for index in range(9):
+        Image.new("RGB", (400, 300)).save(root / "train" / "b" / f"big{index}.png")
+    colour = data.ImageDataModule(data_dir=str(root), val_size=1, test_size=1)
+    assert (colour.image_size, colour.channels) == ((96, 128), 3), "capped at 128 a side"
+    # A second start remembers what auto picked: no header is read again.
+    monkeypatch.setattr(data, "auto_sizes", None)
+    with pytest.raises(TypeError):
+        data.ImageDataModule(data_dir=str(root), val_size=1, test_size=1)
+
+
+def test_a_damaged_cache_is_read_again(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {"train": {"a": 4, "b": 4}})
+    first = module(root, val_size=2, test_size=2)
+    [cache] = (root / ".cache").glob("8x8x1-*.pt")
+    content = bytearray(cache.read_bytes())
+    images = first.cache["images"].numpy().tobytes()
+    where = bytes(content).index(images[:64])
+    content[where + 5] ^= 0xFF  # one pixel changed, the file still loads
+    cache.write_bytes(bytes(content))
+    with pytest.warns(UserWarning, match="checksum does not match"):
+        again = module(root, val_size=2, test_size=2)
+    assert torch.equal(again.cache["images"], first.cache["images"])
+
+
+def test_unwritable_cache_folder_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "data", {"train": {"a": 3, "b": 3}})
     (tmp_path / "file").write_text("a file, not a folder")
-    with pytest.raises(DatasetError, match=r"cannot write the image cache in .*cache_dir"):
+    with pytest.raises(
+        DatasetError, match=r"cannot write .*: set --data.cache_dir to a writable folder"
+    ):
         module(root, val_size=1, test_size=1, cache_dir=str(tmp_path / "file" / "cache"))
-    assert not list(tmp_path.rglob("*.partial"))
+    assert not list(tmp_path.rglob("*partial*"))
+
+
+def test_a_full_disk_while_caching_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "data", {"train": {"a": 40, "b": 40}}, size=64)
+    with mounted_tmpfs(tmp_path / "small", 64 * 1024) as small:
+        with pytest.raises(DatasetError, match=r"No space left on device: set --data\.cache_dir"):
+            data.ImageDataModule(
+                data_dir=str(root),
+                image_size=[64, 64],
+                channels=3,
+                cache_dir=str(small),
+                val_size=1,
+                test_size=1,
+            )
+        assert not list(small.rglob("*.pt*"))
 
 
 def test_missing_train_folder_says_where_to_put_the_classes(tmp_path: Path) -> None:
@@ -296,8 +371,9 @@ def test_held_out_sizes_must_leave_training_images(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("channels", 5, "must be 1, 2, 3 or 4"),
-        ("image_size", [8], r"must be \[height, width\]"),
+        ("channels", 5, "must be 1, 2, 3, 4 or auto"),
+        ("image_size", [8], r"must be \[height, width\] of at least 8 pixels"),
+        ("image_size", [6, 40], r"must be \[height, width\] of at least 8 pixels"),
         ("val_size", 0, "must be a fraction or a count, not 0"),
         ("test_size", -1, "must be a fraction or a count, not -1"),
         ("batch_size", 0, "must be at least 1"),

@@ -48,10 +48,10 @@ def callbacks_flag(*callbacks: dict[str, Any]) -> str:
 
 
 def quick_fit(data_flags: list[str]) -> Fit:
-    def fit_in(workdir: Path, *extra: str) -> TrainCLI:
+    def fit_in(workdir: Path, *extra: str, callbacks: list[pl.Callback] = ()) -> TrainCLI:
         with pytest.MonkeyPatch.context() as patch:
             patch.chdir(workdir)
-            return train([*data_flags, *QUICK_FIT, *extra])
+            return train([*data_flags, *QUICK_FIT, *extra], callbacks)
 
     return fit_in
 

@@ -1,44 +1,33 @@
-"""Reading a folder of images once: its layout, every file decoded and checked, and the
-cache of the decoded images that later runs start from (see data.py)."""
+"""A folder of images, read once: its layout, the sizes ``auto`` picks, every file decoded and
+checked, and the cache of the decoded images that later runs start from (see data.py)."""
 
 import hashlib
+import json
 import os
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from PIL import Image
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .inference.images import IMAGE_SUFFIXES, decode
-from .support.errors import DatasetError
+from .support.errors import DatasetError, OutputError
+from .support.files import replaced, write_file
 
 SPLITS = ("train", "val", "test")
-# Part of every cache file's name: raise it when decoding changes, so old caches are not reused.
-CACHE_VERSION = 1
-
-
-class FilesToCheck(Dataset):
-    """For the first read: each file's pixels, or why it cannot be decoded, and a digest."""
-
-    def __init__(self, paths: list[Path], channels: int, image_size: tuple[int, int]) -> None:
-        self.paths = paths
-        self.channels = channels
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[Tensor | None, int, str]:
-        try:
-            data = self.paths[index].read_bytes()
-            pixels = decode(data, self.channels, self.image_size)
-        except Exception as error:  # e.g. Pillow's DecompressionBombError: reported, named
-            return None, 0, str(error)
-        # Identical files have identical digests; 64 bits make a chance match negligible.
-        digest = hashlib.blake2b(data, digest_size=8).digest()
-        return pixels, int.from_bytes(digest, "little", signed=True), ""
+# Part of every cache's key: raise it when decoding changes, so old caches are not reused.
+CACHE_VERSION = 2
+# `image_size: auto` takes the most common size, scaled down to fit this: larger images make
+# a small CNN slow and rarely help it on a few thousand images.
+MAX_AUTO_SIDE = 128
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -56,8 +45,8 @@ def list_images(root: Path) -> tuple[list[str], list[Path], list[int], list[int]
     if not train.is_dir():
         if not root.is_dir():
             raise DatasetError(f"data folder {root} does not exist: set --data.data_dir")
-        hint = ""
         names = class_folders(root)
+        hint = ""
         if len(names) >= 2:  # perhaps the class folders were put in data_dir itself
             listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
             hint = f" (if {listed} are classes, move them there)"
@@ -119,66 +108,171 @@ def visible_files(folder: Path) -> list[Path]:
     )
 
 
-def cache_file(cache_dir: Path, root: Path, paths: list[Path], settings: str) -> Path:
-    """The cache's path: named after the settings, keyed on each file's name, size and mtime."""
-    key = hashlib.sha256(f"{CACHE_VERSION} {settings}\n".encode())
+def listing_key(root: Path, paths: list[Path]) -> str:
+    """What the folder holds: each file's name, size and modification time, hashed."""
+    key = hashlib.sha256(f"{CACHE_VERSION}\n".encode())
     for path in paths:
         stat = path.stat()
         key.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return cache_dir / f"{settings}-{key.hexdigest()[:20]}.pt"
+    return key.hexdigest()[:20]
+
+
+class Headers(Dataset):
+    """Each file's (height, width) and whether it is grayscale, from its header alone."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, int, bool] | None:
+        try:
+            with Image.open(self.paths[index]) as picture:
+                palette = picture.getpalette() if picture.mode == "P" else None
+                gray = picture.mode in GRAYSCALE_MODES or (
+                    palette is not None and palette[0::3] == palette[1::3] == palette[2::3]
+                )
+                return picture.height, picture.width, gray
+        except Exception:  # unreadable: the first read names it
+            return None
+
+
+def auto_sizes(paths: list[Path], cache_dir: Path, key: str) -> tuple[tuple[int, int], int]:
+    """The most common image size, scaled down to at most MAX_AUTO_SIDE pixels a side, and 1
+    channel when every image is grayscale, else 3. Remembered for this state of the folder."""
+    remembered = cache_dir / f"auto-{key}.json"
+    if remembered.is_file():
+        picked = json.loads(remembered.read_text())
+        return tuple(picked["image_size"]), picked["channels"]
+    headers = [header for header in in_processes(Headers(paths)) if header is not None]
+    if not headers:
+        raise DatasetError(f"none of the {len(paths)} images can be read")
+    (height, width), count = Counter(header[:2] for header in headers).most_common(1)[0]
+    scale = min(1.0, MAX_AUTO_SIDE / max(height, width))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    channels = 1 if all(header[2] for header in headers) else 3
+    rank_zero_info(
+        f"{count} of {len(headers)} images are {height}x{width} (auto size: {size[0]}x{size[1]}"
+        f"{'' if scale == 1 else f', at most {MAX_AUTO_SIDE} a side'}); "
+        f"{'every image is grayscale' if channels == 1 else 'some images have colour'}"
+    )
+    with_cache_errors(
+        write_file, remembered, json.dumps({"image_size": size, "channels": channels})
+    )
+    return size, channels
+
+
+def in_processes(dataset: Dataset) -> Iterator[Any]:
+    """Every item of ``dataset``, in order, computed by as many processes as there are cores
+    (decoding holds the GIL, so only processes run it in parallel)."""
+    workers = (os.cpu_count() or 1) if len(dataset) >= 200 else 0
+    for batch in DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=list):
+        yield from batch
+
+
+class FilesToRead(Dataset):
+    """For the first read: each file's pixels, or why it cannot be decoded, and a digest."""
+
+    def __init__(self, paths: list[Path], channels: int, image_size: tuple[int, int]) -> None:
+        self.paths = paths
+        self.channels = channels
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, int, str]:
+        try:
+            data = self.paths[index].read_bytes()
+            pixels = decode(data, self.channels, self.image_size)
+        except Exception as error:  # e.g. a file that vanished: reported, named
+            return None, 0, str(error)
+        # Identical files have identical digests; 64 bits make a chance match negligible.
+        digest = hashlib.blake2b(data, digest_size=8).digest()
+        return pixels, int.from_bytes(digest, "little", signed=True), ""
 
 
 def read_all(
-    paths: list[Path],
-    splits: Tensor,
-    channels: int,
-    image_size: tuple[int, int],
-    keep_pixels: bool,
+    paths: list[Path], splits: Tensor, channels: int, image_size: tuple[int, int], keep: bool
 ) -> dict[str, Any]:
-    """Decode every file once: pixels (if kept), digests, unreadable files, and the per-channel
-    mean and standard deviation, on the 0-255 scale, of the images in the train/ folder (held-out
-    ones included: the statistics only scale the inputs, and so do not depend on the split)."""
-    count = len(paths)
-    images = torch.zeros((count, channels, *image_size), dtype=torch.uint8) if keep_pixels else None
+    """Decode every file once: pixels (if ``keep``), digests, unreadable files, and the
+    per-channel mean and standard deviation, on the 0-255 scale, of the images in train/
+    (held-out ones included: the statistics only scale the inputs)."""
+    count, start = len(paths), time.perf_counter()
+    images = torch.zeros((count, channels, *image_size), dtype=torch.uint8) if keep else None
     readable = torch.ones(count, dtype=torch.bool)
     digests = torch.zeros(count, dtype=torch.int64)
     unreadable = []
     # Per channel: pixel count, sum and sum of squares, in float64 to stay exact.
     sums = torch.zeros(3, channels, dtype=torch.float64)
-    # Decoding holds the GIL, so only processes run it in parallel; starting one pays off
-    # from a few hundred files on.
-    workers = min(os.cpu_count() or 1, count // 500)
-    files = FilesToCheck(paths, channels, image_size)
-    loader = DataLoader(files, batch_size=64, num_workers=workers, collate_fn=list)
-    index = 0
-    for batch in loader:
-        for pixels, digest, error in batch:
-            if pixels is None:
-                readable[index] = False
-                unreadable.append(f"{paths[index]} ({error})")
-            else:
-                if images is not None:
-                    images[index] = pixels
-                digests[index] = digest
-                if splits[index] == 0:
-                    values = pixels.flatten(1).double()
-                    sums[0] += values.shape[1]
-                    sums[1] += values.sum(1)
-                    sums[2] += values.square().sum(1)
-            index += 1
+    decoded = in_processes(FilesToRead(paths, channels, image_size))
+    for index, (pixels, digest, error) in enumerate(decoded):
+        if pixels is None:
+            readable[index] = False
+            unreadable.append(f"{paths[index]} ({error})")
+            continue
+        if images is not None:
+            images[index] = pixels
+        digests[index] = digest
+        if splits[index] == 0:
+            values = pixels.flatten(1).double()
+            sums[0] += values.shape[1]
+            sums[1] += values.sum(1)
+            sums[2] += values.square().sum(1)
+    seconds = time.perf_counter() - start
+    rank_zero_info(f"read {count} images in {seconds:.1f} s ({count / seconds:.0f} images/s)")
     pixel_count, total, squares = sums
     mean = total / pixel_count
     # A constant channel would divide by zero when the model normalizes; 1 leaves it as is.
     std = (squares / pixel_count - mean.square()).clamp(min=0).sqrt().clamp(min=1)
-    result = {
-        "readable": readable,
-        "digests": digests,
-        "unreadable": unreadable,
-        "mean": mean.tolist(),
-        "std": std.tolist(),
-    }
-    if images is not None:
-        result["images"] = images
-    return result
+    cache = {"readable": readable, "digests": digests, "unreadable": unreadable}
+    cache |= {"mean": mean.tolist(), "std": std.tolist()}
+    return cache | ({"images": images} if images is not None else {})
 
 
+def checksum(cache: dict[str, Any]) -> int:
+    """CRC-32 of every tensor of the cache: a file damaged on disk but still loadable differs."""
+    value = 0
+    for name in sorted(cache):
+        if torch.is_tensor(cache[name]):
+            value = zlib.crc32(cache[name].contiguous().view(torch.uint8).numpy(), value)
+    return value
+
+
+def load_cache(path: Path) -> dict[str, Any] | None:
+    """The cache at ``path`` if it loads and its checksum holds, else None (with a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        # Memory-mapped: start-up reads only what the run touches, once.
+        cache = torch.load(path, mmap=True, weights_only=True)
+        if cache.pop("checksum", None) == checksum(cache):
+            return cache
+        reason = "its checksum does not match its content"
+    except Exception as error:  # a cache from another torch version, a damaged file
+        reason = f"it failed to load ({error})"
+    rank_zero_warn(f"reading the images again: the cache {path} is damaged: {reason}")
+    return None
+
+
+def save_cache(path: Path, cache: dict[str, Any]) -> None:
+    """Save the cache whole, under its final name only once complete, then delete the caches
+    of earlier states of the folder with the same settings."""
+
+    def save() -> None:
+        with replaced(path) as file:
+            torch.save({**cache, "checksum": checksum(cache)}, file)
+
+    with_cache_errors(save)
+    settings = path.name.rpartition("-")[0]
+    for stale in path.parent.glob(f"{settings}-*.pt"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+
+
+def with_cache_errors(write: Any, *args: Any) -> None:
+    try:
+        write(*args)
+    except OutputError as error:
+        raise DatasetError(f"{error}: set --data.cache_dir to a writable folder") from None

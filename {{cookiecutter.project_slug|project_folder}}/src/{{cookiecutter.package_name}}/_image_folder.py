@@ -1,14 +1,24 @@
 """A folder of images, one sub-folder per class, as a LightningDataModule; decoded once, cached.
 
-This module is the one place that knows the data. To train on other data, replace it (keep the
-class name ``ImageDataModule``) and edit the ``data:`` section of the config. The rest of the
-project relies on what it provides:
+This module is the one place that knows the data. To train on other data, replace it with your
+own ``ImageDataModule`` (same class name) and edit the ``data:`` section of
+``configs/default.yaml`` to its arguments. The rest of the project relies on this contract,
+which ``tests/test_data_contract.py`` checks rule by rule:
 
-- ``class_names``, ``channels``, ``image_size``, ``mean`` and ``std``: facts about the data,
-  passed to the model by ``train.py`` and saved in every checkpoint;
-- ``train_dataloader``, ``val_dataloader`` and ``test_dataloader``, yielding batches of
-  (uint8 images of shape (N, channels, height, width), int64 labels);
-- ``write_sample``, which writes a small learnable sample for the project's tests.
+1. Facts about the data, as attributes that exist as soon as ``__init__`` returns:
+   ``class_names`` (strings, in label order), ``channels``, ``image_size`` (height, width),
+   and ``mean`` and ``std``, one value per channel on the 0-255 scale of the pixels.
+   ``train.py`` links them into the model, and every checkpoint keeps them.
+2. ``__init__`` calls ``self.save_hyperparameters()``: checkpoints record its arguments, and
+   ``predict`` without ``--input`` builds the module again from them to read the test split.
+3. ``train_dataloader``, ``val_dataloader`` and ``test_dataloader`` yield batches of uint8
+   images (N, channels, height, width) and int64 labels (N,) in ``range(len(class_names))``.
+   ``support.loading.batch_loader`` makes such loaders (and under DDP counts each evaluation
+   image once).
+4. A static ``write_sample(folder)`` writes a small sample of the data into ``folder``, in its
+   real file format, and returns the ``__init__`` arguments that read it. The project's tests
+   train on it: at least 4 training batches, 2 validation and 2 test batches, easy enough to
+   learn above 90 % test accuracy in two epochs.
 
 The layout is torchvision's ``ImageFolder`` with one folder per split::
 
@@ -17,90 +27,98 @@ The layout is torchvision's ``ImageFolder`` with one folder per split::
     <data_dir>/test/<class name>/...                 optional, the same class folders
 
 Without ``val/`` or ``test/``, ``val_size`` and ``test_size`` images of ``train/`` are held out
-instead: a seeded split that keeps each class's share. The first run reads every image once: it
-checks that each one decodes, converts it to ``channels`` and ``image_size``, and computes the
-per-channel statistics; when the decoded images fit in ``max_cache_gb`` they are kept as one
-uint8 tensor in ``cache_dir``. Later runs over the same files (names, sizes and modification
-times) with the same settings start from the cache; a changed folder is read again. Larger sets
-are decoded from the files in every epoch, in the DataLoader's worker processes.
+instead: a seeded split that keeps each class's share. The first run reads every image once
+(``image_cache.py``): it checks that each one decodes, converts it to ``channels`` and
+``image_size``, and computes the per-channel statistics; when the decoded images fit in
+``max_cache_gb`` they are kept as one uint8 tensor in ``cache_dir``. Later runs over the same
+files with the same settings start from the cache. Training batches are augmented on the
+training device, after the copy to it, every image on its own.
 """
 
-import contextlib
-import hashlib
-import os
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
-from .image_cache import CACHE_VERSION, SPLITS, cache_file, list_images, read_all
+from .image_cache import (
+    SPLITS,
+    auto_sizes,
+    list_images,
+    listing_key,
+    load_cache,
+    read_all,
+    save_cache,
+)
 from .inference.images import read_image
 from .support.errors import DatasetError
-from .support.loading import already_batched
+from .support.loading import InMemoryImages, batch_loader
+
+# The networks of nets.py pool three times: smaller images leave nothing to classify.
+MIN_IMAGE_SIDE = 8
 
 
+@dataclass
+class Augment:
+    """Random changes to each training image, every image drawing its own: a crop of
+    ``crop_scale`` of its area (aspect ratio 3:4 to 4:3) resized back to the image size, a
+    horizontal flip half of the time (``flip``), and brightness, contrast and saturation each
+    scaled by a factor within 1 +- ``jitter``."""
 
-class CachedImages(Dataset):
-    """Decoded uint8 images with their labels, each batch gathered with one indexing operation."""
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    flip: bool = True
+    jitter: float = 0.2
 
-    def __init__(self, images: Tensor, labels: Tensor, augment: nn.Module | None = None) -> None:
-        self.images = images
-        self.labels = labels
-        self.augment = augment
+    def __call__(self, images: Tensor) -> Tensor:
+        """uint8 images (N, C, H, W) to augmented float images on the same 0-255 scale."""
+        count, device = len(images), images.device
 
-    def __len__(self) -> int:
-        return len(self.labels)
+        def uniform(low: float, high: float) -> Tensor:  # one value per image
+            return torch.empty(count, device=device).uniform_(low, high)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        images, labels = self.__getitems__([index])
-        return images[0], labels[0]
-
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        return augmented(self.images[indices], self.augment), self.labels[indices]
+        area, aspect = uniform(*self.crop_scale), uniform(math.log(3 / 4), math.log(4 / 3)).exp()
+        width, height = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
+        flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0) if self.flip else torch.ones_like(area)
+        # One affine map per image, from the output grid to its crop, in [-1, 1] coordinates.
+        theta = torch.zeros(count, 2, 3, device=device)
+        theta[:, 0, 0], theta[:, 1, 1] = width * flip, height
+        theta[:, 0, 2], theta[:, 1, 2] = uniform(-1, 1) * (1 - width), uniform(-1, 1) * (1 - height)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images.float(), grid, padding_mode="border", align_corners=False)
+        if self.jitter:
+            low, high = 1 - self.jitter, 1 + self.jitter
+            images = images * uniform(low, high).view(-1, 1, 1, 1)  # brightness
+            mean = images.mean(dim=(1, 2, 3), keepdim=True)
+            images = (images - mean) * uniform(low, high).view(-1, 1, 1, 1) + mean  # contrast
+            if images.shape[1] == 3:  # saturation: away from or towards the pixel's gray
+                luma = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+                gray = (images * luma).sum(1, keepdim=True)
+                images = (images - gray) * uniform(low, high).view(-1, 1, 1, 1) + gray
+        return images.clamp(0, 255)
 
 
 class StreamedImages(Dataset):
     """Image files decoded when a batch asks for them (in the DataLoader's worker processes)."""
 
     def __init__(
-        self,
-        paths: list[Path],
-        labels: Tensor,
-        channels: int,
-        image_size: tuple[int, int],
-        augment: nn.Module | None = None,
+        self, paths: list[Path], labels: Tensor, channels: int, image_size: tuple[int, int]
     ) -> None:
-        self.paths = paths
-        self.labels = labels
-        self.channels = channels
-        self.image_size = image_size
-        self.augment = augment
+        self.paths, self.labels = paths, labels
+        self.channels, self.image_size = channels, image_size
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        images, labels = self.__getitems__([index])
-        return images[0], labels[0]
-
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        images = [read_image(self.paths[i], self.channels, self.image_size) for i in indices]
-        return augmented(torch.stack(images), self.augment), self.labels[indices]
-
-
-def augmented(images: Tensor, augment: nn.Module | None) -> Tensor:
-    """Each image through ``augment`` on its own: given the whole batch, a v2 transform would
-    crop and flip every image of it alike."""
-    if augment is None:
-        return images
-    return torch.stack([augment(image) for image in images])
+        return read_image(self.paths[index], self.channels, self.image_size), self.labels[index]
 
 
 def held_out(labels: Tensor, sizes: list[int], seed: int) -> list[Tensor]:
@@ -127,14 +145,14 @@ class ImageDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        image_size: tuple[int, int] = (64, 64),
-        channels: int = 3,
+        image_size: tuple[int, int] | Literal["auto"] = "auto",
+        channels: int | Literal["auto"] = "auto",
         val_size: float = 0.1,
         test_size: float = 0.1,
         split_seed: int = 42,
-        augment: list[nn.Module] | None = None,
+        augment: Augment | None = None,
         batch_size: int = 64,
-        num_workers: int = 2,
+        num_workers: int = 0,
         cache_dir: str | None = None,
         max_cache_gb: float = 4.0,
         skip_bad_images: bool = False,
@@ -142,18 +160,20 @@ class ImageDataModule(pl.LightningDataModule):
         """
         Args:
             data_dir: Folder holding ``train/<class>/`` and optionally ``val/`` and ``test/``.
-            image_size: Height and width every image is resized to.
-            channels: 1 (grayscale) or 3 (RGB); 2 and 4 add the alpha channel.
+            image_size: Height and width every image is resized to; ``auto``: the images' most
+                common size, scaled down to at most 128 pixels a side.
+            channels: 1 (grayscale) or 3 (RGB); 2 and 4 add the alpha channel. ``auto``: 1 when
+                every image is grayscale, else 3.
             val_size: Images of train/ held out for validation when there is no val/ folder:
                 a fraction below 1, or a count.
             test_size: Images of train/ held out for testing when there is no test/ folder:
                 a fraction below 1, or a count.
             split_seed: Seed of the held-out splits, independent of the global seed.
-            augment: torchvision.transforms.v2 transforms applied, in order, to each training
-                image (uint8, channels x height x width); never to validation or test images.
+            augment: Random changes to each training image, on the training device; never to
+                validation, test or predicted images. None: no augmentation.
             batch_size: Images per batch on each device.
-            num_workers: DataLoader worker processes; they decode the images when the set is
-                too large to cache, and run the augmentation.
+            num_workers: DataLoader worker processes; they decode the images of a set too large
+                to cache (a cached set needs none).
             cache_dir: Folder for the decoded images; default ``<data_dir>/.cache``.
             max_cache_gb: Largest decoded size kept as a cache; larger sets are decoded from
                 the files in every epoch (0: always).
@@ -161,10 +181,13 @@ class ImageDataModule(pl.LightningDataModule):
                 of stopping with an error that names them.
         """
         super().__init__()
-        if channels not in (1, 2, 3, 4):
-            raise DatasetError(f"--data.channels must be 1, 2, 3 or 4, not {channels}")
-        if len(image_size) != 2 or min(image_size) < 1:
-            raise DatasetError(f"--data.image_size must be [height, width], not {image_size}")
+        if channels not in ("auto", 1, 2, 3, 4):
+            raise DatasetError(f"--data.channels must be 1, 2, 3, 4 or auto, not {channels}")
+        if image_size != "auto" and (len(image_size) != 2 or min(image_size) < MIN_IMAGE_SIDE):
+            raise DatasetError(
+                f"--data.image_size must be [height, width] of at least {MIN_IMAGE_SIDE} pixels "
+                f"each (the networks of nets.py pool three times), or auto, not {image_size}"
+            )
         for name, value, least in (
             ("batch_size", batch_size, 1),
             ("num_workers", num_workers, 0),
@@ -175,37 +198,53 @@ class ImageDataModule(pl.LightningDataModule):
         for name, value in (("val_size", val_size), ("test_size", test_size)):
             if value <= 0:
                 raise DatasetError(f"--data.{name} must be a fraction or a count, not {value}")
-        # The transforms stay out of the checkpoint, which holds plain values only (the run's
-        # config.yaml records them).
-        self.save_hyperparameters(ignore=["augment"])
-        self.augment = v2.Compose(augment) if augment else None
-        self.channels = channels
-        # As given (a list from a config file): Lightning refuses to log a model and a data
-        # module whose hyperparameters of the same name differ, even as tuple and list.
-        self.image_size = self.hparams.image_size
+        if augment and not 0 < augment.crop_scale[0] <= augment.crop_scale[1] <= 1:
+            raise DatasetError(
+                f"--data.augment.crop_scale must be [low, high] within (0, 1] of the image's "
+                f"area, not {list(augment.crop_scale)}"
+            )
+        if augment and not 0 <= augment.jitter < 1:
+            raise DatasetError(f"--data.augment.jitter must be within [0, 1), not {augment.jitter}")
+        # Not sent to the loggers, which get them in the run's config: the model's image_size
+        # and channels are what `auto` picked, and Lightning refuses to log two values of one
+        # name. Checkpoints keep them as given, `auto` included, which picks the same again.
+        self.save_hyperparameters(logger=False)
+        self.augment = augment
         self.root = Path(data_dir)
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".cache"
         class_names, paths, labels, splits = list_images(self.root)
         self.class_names = tuple(class_names)
-        self.cache = self._read_or_build_cache(paths, torch.tensor(labels), torch.tensor(splits))
+        key = listing_key(self.root, paths)
+        if "auto" in (image_size, channels):
+            picked_size, picked_channels = auto_sizes(paths, self.cache_dir, key)
+            if image_size == "auto":
+                scale = max(1.0, MIN_IMAGE_SIDE / min(picked_size))  # up to what the nets take
+                image_size = tuple(round(side * scale) for side in picked_size)
+                rank_zero_info(f"image_size auto: {list(image_size)}")
+            if channels == "auto":
+                channels = picked_channels
+                rank_zero_info(f"channels auto: {channels}")
+        self.image_size, self.channels = tuple(image_size), channels
+        self.cache = self._read_or_build_cache(
+            paths, key, torch.tensor(labels), torch.tensor(splits)
+        )
         self.mean = tuple(self.cache["mean"])
         self.std = tuple(self.cache["std"])
         self._report_problems()
         self.datasets: dict[str, Dataset] = {}
 
-    def _read_or_build_cache(self, paths: list[Path], labels: Tensor, splits: Tensor) -> dict:
+    def _read_or_build_cache(
+        self, paths: list[Path], key: str, labels: Tensor, splits: Tensor
+    ) -> dict:
         """The decoded data set from the cache, or read from the files and saved to it."""
         height, width = self.image_size
         decoded_gb = len(paths) * self.channels * height * width / 1e9
         keep_pixels = decoded_gb <= self.hparams.max_cache_gb
         settings = f"{height}x{width}x{self.channels}" + ("" if keep_pixels else "-files")
-        path = cache_file(self.cache_dir, self.root, paths, settings)
-        if path.is_file():
-            try:
-                # Memory-mapped: start-up reads only what the run touches, once.
-                return torch.load(path, mmap=True, weights_only=True)
-            except Exception as error:  # a cache from another torch version, a damaged file
-                rank_zero_warn(f"reading the image cache again: {path} failed to load ({error})")
+        path = self.cache_dir / f"{settings}-{key}.pt"
+        cache = load_cache(path)
+        if cache is not None:
+            return cache
         rank_zero_info(
             f"Reading {len(paths)} images of {self.root} once"
             + (f" into {path}" if keep_pixels else f" ({decoded_gb:.1f} GB decoded: not cached)")
@@ -216,30 +255,13 @@ class ImageDataModule(pl.LightningDataModule):
             "labels": labels,
             "splits": splits,
         }
-        # Written under a temporary name and renamed, so that no process (another DDP rank, a
-        # later run) ever reads a half-written cache.
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(cache, partial)
-            partial.replace(path)
-        except OSError as error:
-            with contextlib.suppress(OSError):  # e.g. never written: the folder is not one
-                partial.unlink()
-            raise DatasetError(
-                f"cannot write the image cache in {self.cache_dir} ({error.strerror}): "
-                "set --data.cache_dir to a writable folder"
-            ) from error
-        # Caches of earlier states of the folder, with these settings, are of no further use.
-        for stale in path.parent.glob(f"{height}x{width}x{self.channels}-*.pt"):
-            if stale != path:
-                with contextlib.suppress(OSError):  # e.g. still open in another process
-                    stale.unlink()
+        save_cache(path, cache)
         return cache
 
     def _report_problems(self) -> None:
         """Stop on unreadable images unless told to skip them; warn of repeated images."""
-        unreadable = self.cache["unreadable"]
+        cache = self.cache
+        unreadable = cache["unreadable"]
         if unreadable:
             listed = "; ".join(unreadable[:3]) + ("; ..." if len(unreadable) > 3 else "")
             if not self.hparams.skip_bad_images:
@@ -248,10 +270,9 @@ class ImageDataModule(pl.LightningDataModule):
                     "them, or leave them out with --data.skip_bad_images true"
                 )
             rank_zero_warn(f"left out {len(unreadable)} unreadable image(s): {listed}")
-            if not (self.cache["readable"] & (self.cache["splits"] == 0)).any():
+            if not (cache["readable"] & (cache["splits"] == 0)).any():
                 raise DatasetError(f"none of the images in {self.root / 'train'} can be read")
         # An image in train/ and in val/ or test/ as well inflates the held-out accuracy.
-        cache = self.cache
         readable, splits, digests = cache["readable"], cache["splits"], cache["digests"]
         in_train = set(digests[readable & (splits == 0)].tolist())
         repeated = [
@@ -302,18 +323,12 @@ class ImageDataModule(pl.LightningDataModule):
                     else:
                         image = Image.fromarray(pixels).convert(mode)
                     image.save(folder / split / name / f"{index:03d}.{suffix}")
-        return {
-            "data_dir": str(folder),
-            "image_size": [32, 32],
-            "val_size": 0.3,
-            "batch_size": 32,
-            "num_workers": 0,  # worker processes would cost the tests more than they save
-        }
+        return {"data_dir": str(folder), "image_size": [32, 32], "val_size": 0.3, "batch_size": 32}
 
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self.datasets:
             parts = self._splits()
-            self.datasets["train"] = self._dataset(parts["train"], self._checked_augment())
+            self.datasets["train"] = self._dataset(parts["train"])
             self.datasets["val"] = self._dataset(parts["val"])
         if stage in ("test", "predict") and "test" not in self.datasets:
             self.datasets["test"] = self._dataset(self._splits()["test"])
@@ -348,30 +363,19 @@ class ImageDataModule(pl.LightningDataModule):
             )
         return count
 
-    def _dataset(self, indices: Tensor, augment: nn.Module | None = None) -> Dataset:
+    def _dataset(self, indices: Tensor) -> Dataset:
         labels = self.cache["labels"][indices]
         if "images" in self.cache:
-            return CachedImages(self.cache["images"][indices], labels, augment)
+            return InMemoryImages(self.cache["images"][indices], labels)
         paths = [self.root / self.cache["paths"][i] for i in indices.tolist()]
-        return StreamedImages(paths, labels, self.channels, self.image_size, augment)
+        return StreamedImages(paths, labels, self.channels, self.image_size)
 
-    def _checked_augment(self) -> nn.Module | None:
-        """The augmentation, tried once on a blank image so that a mistake shows before training."""
-        if self.augment is None:
-            return None
-        blank = torch.zeros((self.channels, *self.image_size), dtype=torch.uint8)
-        try:
-            result = self.augment(blank)
-        except Exception as error:  # whatever a transform raises on an input it cannot take
-            raise DatasetError(f"--data.augment fails on uint8 images: {error}") from error
-        if not (isinstance(result, Tensor) and result.dtype == torch.uint8):
-            raise DatasetError("--data.augment must return uint8 image tensors")
-        if result.shape != blank.shape:
-            raise DatasetError(
-                f"--data.augment turns images of shape {tuple(blank.shape)} into "
-                f"{tuple(result.shape)}: give crops and resizes the size of --data.image_size"
-            )
-        return self.augment
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches where they are now: on the training device."""
+        if self.augment is None or self.trainer is None or not self.trainer.training:
+            return batch
+        images, labels = batch
+        return self.augment(images), labels
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -383,13 +387,5 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader("test")
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            collate_fn=already_batched,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        hparams = self.hparams
+        return batch_loader(self.datasets[split], hparams.batch_size, shuffle, hparams.num_workers)

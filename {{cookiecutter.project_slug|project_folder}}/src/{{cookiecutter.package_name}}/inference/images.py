@@ -48,7 +48,9 @@ def decode(data: bytes, channels: int, image_size: tuple[int, int]) -> Tensor:
     except UnidentifiedImageError as error:  # its message holds only the buffer's address
         raise ImageError("not an image in a known format") from error
     except Exception as error:  # Pillow's decoders raise OSError, ValueError, SyntaxError, ...
-        raise ImageError(f"not an image in a known format, or truncated ({one_line(error)})") from error
+        raise ImageError(
+            f"not an image in a known format, or truncated ({one_line(error)})"
+        ) from error
     image = torch.from_numpy(array.copy()).reshape(*array.shape[:2], channels).permute(2, 0, 1)
     if tuple(image.shape[-2:]) != tuple(image_size):
         image = resize(image, list(image_size), antialias=True)

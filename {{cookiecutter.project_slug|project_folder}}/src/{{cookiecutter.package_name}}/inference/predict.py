@@ -9,6 +9,7 @@ and image size, both read from the checkpoint.
 import argparse
 import csv
 import io
+from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.cli import instantiate_module
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
@@ -43,7 +45,12 @@ class PredictionCSVWriter(BasePredictionWriter):
         self.rows: list[tuple] = []
 
     def write_on_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: dict, indices: list[int], *args: Any
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: dict,
+        indices: list[int],
+        *args: Any,
     ) -> None:
         names = pl_module.hparams.class_names
         classes, confidences = prediction["class_index"].tolist(), prediction["confidence"].tolist()
@@ -74,9 +81,9 @@ def test_split_loader(checkpoint: dict[str, Any]) -> DataLoader:
             "contract: __init__ calls self.save_hyperparameters()): give --input"
         )
     arguments = {key: value for key, value in saved.items() if not key.startswith("_")}
-    try:
-        datamodule = ImageDataModule(**arguments)
-    except TypeError as error:
+    try:  # typed as training typed them (a dataclass from a dict, say), by the same parser
+        datamodule = instantiate_module(ImageDataModule, arguments)
+    except (TypeError, ValueError, ArgumentError) as error:
         raise DatasetError(
             f"the checkpoint was trained on another data module ({one_line(error)}): give --input"
         ) from error

@@ -200,7 +200,9 @@ class Server(ls.LitServer):
 
     stopping = False
 
-    def _start_server(self, port: int, servers: int, log_level: str, sockets: list, *args: Any, **kwargs: Any) -> dict:
+    def _start_server(
+        self, port: int, servers: int, log_level: str, sockets: list, *args: Any, **kwargs: Any
+    ) -> dict:
         self.listening = sockets
         return super()._start_server(port, servers, log_level, sockets, *args, **kwargs)
 

@@ -1,5 +1,6 @@
 """Every file the commands write is the old one or the complete new one, whatever happens."""
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +41,8 @@ def written_beside(path: Path) -> Iterator[Path]:
             os.fsync(file.fileno())
         partial.replace(path)
     except BaseException as error:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. never created: the folder is not one
+            partial.unlink(missing_ok=True)
         # A full disk, a read-only folder: torch.save reports the OSError as its context.
         cause = error if isinstance(error, OSError) else error.__cause__ or error.__context__
         if isinstance(cause, OSError):

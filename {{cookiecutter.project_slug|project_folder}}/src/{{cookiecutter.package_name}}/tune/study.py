@@ -164,7 +164,9 @@ def check_search(search: Search, path: Path, base: Namespace) -> None:
                 raise ConfigError(f"{path}: search_space {key} = {value!r}: {error}") from None
 
 
-def run_trials(study: optuna.Study, objective: "Objective", search: Search, heartbeat: bool) -> None:
+def run_trials(
+    study: optuna.Study, objective: "Objective", search: Search, heartbeat: bool
+) -> None:
     """Run trials until the study, with the trials of other workers, has n_trials finished.
     Optuna does the rest: the storage numbers trials and hands out retries, and every worker
     fails (and queues a retry of) trials whose heartbeat stopped (``heartbeat``: the storage
