@@ -6,21 +6,26 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import Bake, run_in, train_in, write_sample
+from bakes import EVERY_OPTION, Bake, bake_suite, package_of, run_in, train_in, write_sample
 
-# Python differs between bakes only by data set: the network and logger options change the
-# config alone, and the command-line test below trains with each of those configs. The other
-# IDX data set runs the tests that read its data; the rest (resume, DDP, search, serving) do
-# not depend on which IDX data set it is.
-DATA_TESTS = ["tests/test_data.py", "tests/test_idx_files.py", "tests/test_train_predict.py"]
+# Python differs between bakes by data set and by wing: the network and logger options change
+# the config alone, and the command-line test below trains with each of those configs. The
+# bake with every wing runs every test of the project; the default bake, the quick check a
+# user's plain `pytest` runs (whatever a left-out wing would have left dangling shows there);
+# the other IDX data set, the tests that read its data.
+DATA_TESTS = [
+    "tests/test_data_contract.py",
+    "tests/test_idx_files.py",
+    "tests/test_train_predict.py",
+]
 SUITE_VARIANTS = [
+    (EVERY_OPTION, ["-m", "slow or not slow"]),
     ({}, []),
     (
         {"dataset": "fashion_mnist", "logger": "none", "license": "none", "ci": "none"},
         [*DATA_TESTS, "tests/test_config.py"],
     ),
 ]
-CLI_VARIANTS = [{}, {"model": "mlp", "logger": "csv"}]
 
 
 def variant_id(answers: dict[str, str]) -> str:
@@ -36,17 +41,13 @@ def variant_id(answers: dict[str, str]) -> str:
 def test_baked_project_passes_its_own_tests(
     bake: Bake, answers: dict[str, str], selected: list[str]
 ) -> None:
-    completed = run_in(bake(**answers), "-m", "pytest", "-q", "-p", "no:cacheprovider", *selected)
-    summary = completed.stdout.strip().splitlines()[-1]
+    summary = bake_suite(bake(**answers), *selected)
     assert re.match(r"\d+ passed", summary) and "skipped" not in summary, summary
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("answers", CLI_VARIANTS, ids=variant_id)
-def test_train_then_predict_from_the_command_line(
-    bake: Bake, answers: dict[str, str], tmp_path: Path
-) -> None:
-    project = bake(**answers)
+def test_train_then_predict_from_the_command_line(bake: Bake, tmp_path: Path) -> None:
+    project = bake(model="mlp", logger="csv")
     data_args = write_sample(project, tmp_path / "data")
     run_dir = tmp_path / "runs"
     train_in(project, data_args, "--trainer.max_epochs=2", run_dir=run_dir)
@@ -54,16 +55,20 @@ def test_train_then_predict_from_the_command_line(
     summary = json.loads(summary_file.read_text())
     best = Path(summary["best_checkpoint"])
     assert best.is_file() and (summary_file.parent / "config.yaml").is_file()
+    assert list(run_dir.glob("*/version_0/metrics.csv")), "the config's CSV logger wrote no metrics"
     assert summary["test/acc"] > 0.9, "the sample is easy to learn: the fit did not learn"
 
     output = tmp_path / "predictions.csv"
-    predicted = run_in(
-        project, "-m", "mnist_lab.predict", f"--ckpt_path={best}", f"--output={output}"
-    )
-    assert str(output) in predicted.stdout
+    predict = [
+        "-m",
+        f"{package_of(project)}.inference.predict",
+        f"--ckpt_path={best}",
+        f"--output={output}",
+    ]
+    assert str(output) in run_in(project, *predict).stdout
     with output.open(newline="") as file:
         rows = list(csv.DictReader(file))
-    assert [row["source"] for row in rows] == [f"test/{i}" for i in range(128)]
+    assert [row["source"] for row in rows] == [f"test/{i}" for i in range(len(rows))]
     # The sample's test labels cycle through the ten classes, named by their digit.
     correct = sum(row["class_name"] == str(i % 10) for i, row in enumerate(rows))
     assert correct / len(rows) == pytest.approx(summary["test/acc"], abs=1e-6)

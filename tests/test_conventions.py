@@ -5,11 +5,12 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TEMPLATE_DIR, Bake
+from bakes import EVERY_OPTION, TEMPLATE_DIR, Bake
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Template Test",
@@ -67,7 +68,7 @@ def test_project_workflow_runs_its_readme_commands(bake: Bake) -> None:
         'pip install -e ".[dev]"',
         "ruff check .",
         "ruff format --check .",
-        "pytest",
+        'pytest -m "slow or not slow"',
     ]
     for command in commands:
         assert command in readme, command
@@ -131,3 +132,15 @@ def test_pyproject_installs_with_pip_and_uv(bake: Bake, installer: str, tmp_path
     run(*command, "--no-deps", "-e", f"{project}[dev]", cwd=tmp_path)
     scripts = {path.name for path in (venv / "bin").iterdir()}
     assert {"mnist-lab-train", "mnist-lab-predict", "mnist-lab-export"} <= scripts
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_configs_and_the_page(bake: Bake, tmp_path: Path) -> None:
+    """Installed, not edited in place, the package still finds its default config."""
+    project = shutil.copytree(bake(**EVERY_OPTION), tmp_path / "project")
+    wheel = ["-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path)]
+    run(sys.executable, *wheel, str(project), cwd=tmp_path)
+    [built] = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(built).namelist())
+    for name in ("configs/default.yaml", "configs/search.yaml", "inference/page.html"):
+        assert f"mnist_lab/{name}" in names, name

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TEMPLATE_DIR
+from bakes import TEMPLATE_DIR
 from cookiecutter.exceptions import FailedHookException
 
 

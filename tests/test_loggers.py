@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE_DIR, train_in, write_sample
+from bakes import TEMPLATE_DIR, train_in, write_sample
 
 # A file that proves the logger recorded the fit, relative to the project.
 METRICS = {

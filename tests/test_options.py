@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TEMPLATE_DIR, Bake
+from bakes import EVERY_OPTION, TEMPLATE_DIR, Bake
 
 CHOICES = {
     key: value
@@ -23,23 +23,23 @@ LONG_PACKAGE = "abcdefghij_klmnopqrst_uvwxyz_abcdefghijk"
 OPTION_SETS = [
     {},
     *({key: value} for key, values in CHOICES.items() for value in values[1:]),
-    {"package_name": LONG_PACKAGE},
+    {"package_name": LONG_PACKAGE, **EVERY_OPTION},
+    {"dataset": "image_folder", **EVERY_OPTION},
 ]
 
 COMMON_FILES = {
     ".gitignore",
     ".pre-commit-config.yaml",
     "README.md",
-    "configs/default.yaml",
-    "configs/tune.yaml",
     "pyproject.toml",
     "scripts/slurm.sbatch",
-    "scripts/tune.sbatch",
     "tests/conftest.py",
-    "tests/helper_callbacks.py",
+    "tests/helpers.py",
     "tests/test_config.py",
-    "tests/test_data.py",
+    "tests/test_data_contract.py",
     "tests/test_ddp.py",
+    "tests/test_export.py",
+    "tests/test_files.py",
     "tests/test_idx_files.py",
     "tests/test_images.py",
     "tests/test_nets.py",
@@ -47,28 +47,52 @@ COMMON_FILES = {
     "tests/test_resume.py",
     "tests/test_robustness.py",
     "tests/test_run_options.py",
-    "tests/test_serve.py",
     "tests/test_train_predict.py",
-    "tests/test_tune.py",
 }
 
+# The package: the core at its top, what uses a trained model and the support beside it.
 PACKAGE_FILES = {
     "__init__.py",
-    "callbacks.py",
-    "checkpoints.py",
+    "configs/default.yaml",
     "data.py",
-    "errors.py",
-    "export.py",
-    "hardware.py",
-    "images.py",
     "model.py",
     "nets.py",
-    "predict.py",
-    "pruning.py",
-    "report.py",
-    "serve.py",
     "train.py",
-    "tune.py",
+    "inference/__init__.py",
+    "inference/classifier.py",
+    "inference/export.py",
+    "inference/images.py",
+    "inference/predict.py",
+    "support/callbacks.py",
+    "support/checkpoints.py",
+    "support/errors.py",
+    "support/files.py",
+    "support/loading.py",
+    "support/process.py",
+    "support/report.py",
+}
+
+# The files of the two wings, in the package and beside it.
+SERVE_FILES = {
+    "package": {"inference/serve.py", "inference/server.py", "inference/page.html"},
+    "project": {
+        "tests/serving.py",
+        "tests/test_serve.py",
+        "tests/test_page.py",
+        "docs/serve-page.png",
+    },
+}
+TUNE_FILES = {
+    "package": {
+        "configs/search.yaml",
+        "tune/__init__.py",
+        "tune/__main__.py",
+        "tune/pruning.py",
+        "tune/results.py",
+        "tune/search.py",
+        "tune/study.py",
+    },
+    "project": {"tests/test_tune.py", "scripts/tune.sbatch"},
 }
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -83,7 +107,13 @@ def answers_of(options: dict[str, str]) -> dict[str, str]:
 def expected_files(options: dict[str, str]) -> set[str]:
     answers = answers_of(options)
     package = options.get("package_name", "mnist_lab")
-    files = COMMON_FILES | {f"src/{package}/{name}" for name in PACKAGE_FILES}
+    files = set(COMMON_FILES)
+    package_files = set(PACKAGE_FILES)
+    for option, wing in (("serve", SERVE_FILES), ("tune", TUNE_FILES)):
+        if answers[option] == "yes":
+            files |= wing["project"]
+            package_files |= wing["package"]
+    files |= {f"src/{package}/{name}" for name in package_files}
     if answers["license"] != "none":
         files.add("LICENSE")
     if answers["ci"] == "github":
@@ -91,7 +121,10 @@ def expected_files(options: dict[str, str]) -> set[str]:
     if answers["docker"] == "yes":
         files |= {"Dockerfile", ".dockerignore"}
     if answers["dataset"] == "image_folder":  # its own data module, with its own tests
-        files = (files - {"tests/test_idx_files.py"}) | {"tests/test_image_folder.py"}
+        files = (files - {"tests/test_idx_files.py"}) | {
+            "tests/test_image_folder.py",
+            f"src/{package}/image_cache.py",
+        }
     return files
 
 
@@ -116,6 +149,8 @@ def test_bakes_exactly_the_files_of_its_options(baked: tuple[dict[str, str], Pat
 def test_no_template_syntax_is_left(baked: tuple[dict[str, str], Path]) -> None:
     _, project = baked
     for name in baked_files(project):
+        if name.endswith(".png"):
+            continue
         text = (project / name).read_text(encoding="utf-8")
         left = [marker for marker in LEFTOVERS if marker in text]
         assert not left, f"{name} still holds {left}"
@@ -130,6 +165,11 @@ def test_ruff_check_and_format_are_clean(baked: tuple[dict[str, str], Path]) -> 
         assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
+def config_of(project: Path, name: str = "default.yaml") -> dict:
+    [path] = project.glob(f"src/*/configs/{name}")
+    return yaml.safe_load(path.read_text())
+
+
 def test_config_files_parse_and_follow_the_answers(baked: tuple[dict[str, str], Path]) -> None:
     options, project = baked
     answers = answers_of(options)
@@ -139,28 +179,45 @@ def test_config_files_parse_and_follow_the_answers(baked: tuple[dict[str, str], 
     for logger, package in LOGGER_PACKAGES.items():
         assert (package in dependencies) == (answers["logger"] == logger), package
     assert pyproject["project"].get("license", "none") == answers["license"]
-    for name in (".pre-commit-config.yaml", "configs/default.yaml", "configs/tune.yaml"):
-        assert isinstance(yaml.safe_load((project / name).read_text()), dict)
+    extras = pyproject["project"]["optional-dependencies"]
+    scripts = pyproject["project"]["scripts"]
+    for wing in ("serve", "tune"):
+        chosen = answers[wing] == "yes"
+        assert (wing in extras) == chosen and (wing in extras["dev"][0]) == chosen, wing
+        assert any(name.endswith(f"-{wing}") for name in scripts) == chosen, wing
+    assert isinstance(yaml.safe_load((project / ".pre-commit-config.yaml").read_text()), dict)
+    for name in ("default.yaml", *(["search.yaml"] if answers["tune"] == "yes" else [])):
+        assert isinstance(config_of(project, name), dict)
     if answers["ci"] == "github":
         workflow = yaml.safe_load((project / ".github/workflows/ci.yml").read_text())
         steps = workflow["jobs"]["test"]["steps"]
         assert steps[1]["with"]["python-version"] == answers["python_version"]
-        assert any(step.get("run") == "pytest" for step in steps)
+        assert any(step.get("run", "").startswith("pytest") for step in steps)
+
+
+def test_a_wing_left_out_leaves_no_trace(bake: Bake) -> None:
+    readme = (bake() / "README.md").read_text()
+    winged = (bake(serve="yes", tune="yes") / "README.md").read_text()
+    for heading, command in (("## Serve", ".inference.serve"), ("## Tune", ".tune ")):
+        assert heading not in readme and command not in readme, heading
+        assert heading in winged and command in winged, heading
+    assert "[serve]" not in (bake(docker="yes") / "Dockerfile").read_text()
+    assert "[serve]" in (bake(docker="yes", serve="yes") / "Dockerfile").read_text()
 
 
 def test_model_option_only_sets_the_configured_network(bake: Bake) -> None:
     networks = {"cnn": ("ConvNet", {"width", "dropout"}), "mlp": ("MLP", {"hidden_dim"})}
     for model, (class_name, settings) in networks.items():
-        project = bake(model=model)
-        net = yaml.safe_load((project / "configs/default.yaml").read_text())["model"]["net"]
+        net = config_of(bake(model=model))["model"]["net"]
         assert net["class_path"] == f"mnist_lab.nets.{class_name}"
         assert set(net["init_args"]) == settings
     cnn, mlp = bake(model="cnn"), bake(model="mlp")
     differ = {
         name for name in baked_files(cnn) if (cnn / name).read_bytes() != (mlp / name).read_bytes()
     }
-    # The search space names the chosen network's settings too.
-    assert differ == {"configs/default.yaml", "configs/tune.yaml", "README.md"}
+    assert differ == {"src/mnist_lab/configs/default.yaml", "README.md"}
+    searched = config_of(bake(model="mlp", tune="yes"), "search.yaml")["search_space"]
+    assert "model.net.init_args.hidden_dim" in searched, "the search space names its settings"
 
 
 def test_license_file_matches_the_choice(bake: Bake) -> None:
@@ -175,8 +232,9 @@ def test_license_file_matches_the_choice(bake: Bake) -> None:
     assert "Apache License" in (bake(license="Apache-2.0") / "LICENSE").read_text()
 
 
-def test_dockerfile_passes_hadolint(bake: Bake) -> None:
-    dockerfile = bake(docker="yes") / "Dockerfile"
+@pytest.mark.parametrize("serve", ["no", "yes"])
+def test_dockerfile_passes_hadolint(bake: Bake, serve: str) -> None:
+    dockerfile = bake(docker="yes", serve=serve) / "Dockerfile"
     hadolint = Path(sys.executable).parent / "hadolint"
     completed = subprocess.run([hadolint, dockerfile], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stdout + completed.stderr
@@ -190,8 +248,8 @@ def test_logger_option_only_sets_the_configured_logger(bake: Bake) -> None:
         for name in baked_files(default)
         if (default / name).read_bytes() != (other / name).read_bytes()
     }
-    assert differ == {"configs/default.yaml", "pyproject.toml", "README.md"}
-    logger = yaml.safe_load((other / "configs/default.yaml").read_text())["trainer"]["logger"]
+    assert differ == {"src/mnist_lab/configs/default.yaml", "pyproject.toml", "README.md"}
+    logger = config_of(other)["trainer"]["logger"]
     assert logger["class_path"] == "pytorch_lightning.loggers.CSVLogger"
 
 

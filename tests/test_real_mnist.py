@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import Bake, train_in
+from bakes import Bake, train_in
 
 MIN_TEST_ACCURACY = 0.987
 
