@@ -8,7 +8,7 @@
 # the wheels of the packages the GPU machine lacks (for its Python 3.12) into the git-ignored
 # folder .gpu/. run installs those wheels into a virtual environment over the machine's own
 # torch and Lightning (or uses $PYTHON, an environment that has everything), then prints: the
-# GPU and the settings hardware.py picks there, the training benchmark (benchmarks/run.py:
+# GPU and the settings support/process.py picks there, the training benchmark (benchmarks/run.py:
 # default against the 0.1.0 yardstick and against a plain PyTorch loop, test accuracy over
 # three seeds), predict on the 10,000 test images (benchmarks/predict.py) and the serving
 # benchmark (benchmarks/serve.py). Each report is also written to $OUT (default
@@ -26,7 +26,7 @@ WHEELS=(
     typing-inspection==0.4.5 opentelemetry-api==1.45.2 pyzmq==27.3.0
 )
 
-# The GPU, the library versions and the settings hardware.py picks on this machine.
+# The GPU, the library versions and the settings support/process.py picks on this machine.
 MACHINE_REPORT='
 import importlib.util
 from pathlib import Path
@@ -34,15 +34,16 @@ from pathlib import Path
 import pytorch_lightning
 import torch
 
-# hardware.py in the template package folder is plain Python: imported by its path.
-[path] = Path(".").glob("*/src/*/hardware.py")
-spec = importlib.util.spec_from_file_location("hardware", path)
-hardware = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(hardware)
+# support/process.py in the template package folder is plain Python: imported by its path.
+[path] = Path(".").glob("*/src/*/support/process.py")
+spec = importlib.util.spec_from_file_location("process", path)
+process = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(process)
+process.configure_process()
 device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
 print(f"{device}; torch {torch.__version__} (CUDA {torch.version.cuda}), "
       f"Lightning {pytorch_lightning.__version__}")
-print(f"hardware.py Trainer defaults: {hardware.trainer_defaults()}")
+print(f"default precision: {process.default_precision()}")
 print(f"float32 matmul precision: {torch.get_float32_matmul_precision()}, "
       f"cudnn.benchmark: {torch.backends.cudnn.benchmark}")
 '

@@ -4,7 +4,6 @@
 prints the fit seconds (training and per-epoch validation) as JSON.
 """
 
-import gc
 import json
 import sys
 import time
@@ -15,26 +14,23 @@ import torch.nn.functional as F
 
 def main(src: str, data_dir: str, epochs: int) -> None:
     sys.path.insert(0, src)
-    from mnist_lab.data import ImageDataModule
-    from mnist_lab.hardware import default_precision, trainer_defaults
-    from mnist_lab.model import DATA_FACTS, ImageClassifier
+    from mnist_lab.support.process import configure_process, default_precision
+    from mnist_lab.train import TrainCLI
 
-    # The same process settings as the train command: allocator (in trainer_defaults) and a
-    # garbage collector that leaves the import-time objects alone.
-    trainer_defaults()
-    gc.freeze()
+    # The same process settings as the train command, and the model, data module, optimizer
+    # and schedule its packaged config builds (nothing is fitted by building them).
+    configure_process()
+    cli = TrainCLI([f"--data.data_dir={data_dir}", "--trainer.logger=false"])
+    model, datamodule = cli.model, cli.datamodule
     torch.manual_seed(42)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(
         default_precision()
     )
-    datamodule = ImageDataModule(data_dir=data_dir)
     datamodule.setup("fit")
     train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
-    # The module's forward (normalization, then the network), without Lightning's loop.
-    model = ImageClassifier(**{fact: getattr(datamodule, fact) for fact in DATA_FACTS})
     model.to(device)
-    optimizer, scheduler = model.optimizer_and_schedule(epochs * len(train_loader))
+    optimizer, scheduler = model.optimization(epochs * len(train_loader))
     scaler = torch.amp.GradScaler(enabled=autocast_dtype == torch.float16)
 
     def forward(images: torch.Tensor) -> torch.Tensor:

@@ -21,11 +21,11 @@ TOP_K = 5
 
 def main(src: str, ckpt_path: str, port: int) -> None:
     sys.path.insert(0, src)
-    from mnist_lab.errors import ImageError
-    from mnist_lab.images import decode
-    from mnist_lab.predict import load_classifier
+    from mnist_lab.inference.classifier import load_classifier
+    from mnist_lab.inference.images import decode
+    from mnist_lab.support.errors import ImageError
 
-    model = load_classifier(Path(ckpt_path)).eval()
+    model, _ = load_classifier(Path(ckpt_path))
     channels, image_size = model.hparams.channels, tuple(model.hparams.image_size)
     class_names = list(model.hparams.class_names)
     app = FastAPI()

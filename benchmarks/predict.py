@@ -15,22 +15,17 @@ import csv
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
-from cookiecutter.main import cookiecutter
-from run import measured
-
-HERE = Path(__file__).resolve().parent
-TEMPLATE_DIR = HERE.parent
+from common import bake, command, measured
 
 
 def call_seconds(arguments: list[str], cwd: Path, env: dict[str, str]) -> float:
     """Seconds of the predict command in a fresh process, after its imports: loading
     the checkpoint, reading the images, the model and the CSV."""
     script = (
-        "import sys, time; from mnist_lab.predict import main\n"
+        "import sys, time; from mnist_lab.inference.predict import main\n"
         "start = time.perf_counter(); main(sys.argv[1:]); print(time.perf_counter() - start)\n"
     )
     completed = subprocess.run(
@@ -47,13 +42,14 @@ def call_seconds(arguments: list[str], cwd: Path, env: dict[str, str]) -> float:
 def write_pngs(data_dir: str, folder: Path, env: dict[str, str]) -> None:
     """The test split as <index>_<label>.png files, written by the project's own data module."""
     script = (
-        "import sys; from pathlib import Path; from torchvision.io import write_png\n"
+        "import sys; from pathlib import Path; from PIL import Image\n"
         "from mnist_lab.data import ImageDataModule\n"
         "datamodule = ImageDataModule(data_dir=sys.argv[1]); datamodule.setup('test')\n"
         "dataset = datamodule.datasets['test']\n"
         "for index in range(len(dataset)):\n"
         "    image, label = dataset[index]\n"
-        "    write_png(image, str(Path(sys.argv[2], f'{index:05d}_{int(label)}.png')))\n"
+        "    path = Path(sys.argv[2], f'{index:05d}_{int(label)}.png')\n"
+        "    Image.fromarray(image[0].numpy()).save(path)\n"
     )
     folder.mkdir()
     subprocess.run([sys.executable, "-c", script, data_dir, str(folder)], env=env, check=True)
@@ -79,20 +75,17 @@ def main() -> None:
         sys.exit("error: pass --data-dir or set MNIST_DATA_DIR to a folder holding MNIST/raw")
     data_dir = str(Path(args.data_dir).resolve())
 
-    workdir = Path(tempfile.mkdtemp(prefix="lightning-template-predict-"))
-    project = Path(cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(workdir)))
-    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    workdir, project, env = bake("predict")
     ckpt_path = args.ckpt_path.resolve() if args.ckpt_path else None
     if ckpt_path is None:
-        train = [sys.executable, "-m", "mnist_lab.train", "--config", "configs/default.yaml"]
-        train += [f"--data.data_dir={data_dir}", "--trainer.max_epochs=1"]
+        train = command("train", f"--data.data_dir={data_dir}", "--trainer.max_epochs=1")
         subprocess.run(train, cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
         ckpt_path = max(project.glob("logs/**/epoch*.ckpt"), key=os.path.getmtime)
     images = workdir / "test-images"
     write_pngs(data_dir, images, env)
     labels = {int(path.stem.split("_")[0]): path.stem.split("_")[1] for path in images.iterdir()}
 
-    predict = [sys.executable, "-m", "mnist_lab.predict"]
+    predict = command("inference.predict")
     rows = []
     for name, extra in [
         ("PNG files (--input)", ["--input", str(images)]),

@@ -15,19 +15,13 @@ the fastest fit of Lightning and of the plain loop. The default then trains with
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from cookiecutter.main import cookiecutter
-
-HERE = Path(__file__).resolve().parent
-TEMPLATE_DIR = HERE.parent
+from common import HERE, bake, command, measured, print_table
 
 
 @dataclass
@@ -40,19 +34,6 @@ class Run:
     fit: float
     epochs: int
     to_99: float | None
-
-
-def measured(
-    command: list[str], cwd: Path, env: dict[str, str]
-) -> tuple[float, resource.struct_rusage]:
-    """Wall seconds and the resource usage of one child process (and its own children)."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"error: {' '.join(command)} failed")
-    return wall, usage
 
 
 def train_run(train: list[str], project: Path, env: dict[str, str], timer_file: Path) -> Run:
@@ -83,13 +64,6 @@ def plain_fit(project: Path, data_dir: str, epochs: int) -> float:
     return json.loads(plain.stdout.splitlines()[-1])["fit_seconds"]
 
 
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, ["-" * width for width in widths], *rows]:
-        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    print()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR"))
@@ -100,26 +74,24 @@ def main() -> None:
         sys.exit("error: pass --data-dir or set MNIST_DATA_DIR to a folder holding MNIST/raw")
     data_dir = str(Path(args.data_dir).resolve())
 
-    workdir = Path(tempfile.mkdtemp(prefix="lightning-template-bench-"))
-    project = Path(cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(workdir)))
-    env = {**os.environ, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{HERE}"}
+    workdir, project, env = bake("bench")
     timer_file = workdir / "fit_timer.json"
     timer_config = workdir / "timer.yaml"
     timer_config.write_text(
         "trainer:\n  callbacks:\n    - class_path: fit_timer.FitTimer\n"
         f"      init_args:\n        output: {json.dumps(str(timer_file))}\n"
     )
-    python = [sys.executable, "-m", "mnist_lab.train"]
-    help_seconds, _ = measured([*python, "--help"], project, env)
-    base = [*python, "--config", "configs/default.yaml", "--config", str(timer_config)]
+    help_seconds, _ = measured(command("train", "--help"), project, env)
+    # The packaged default config, as every run reads it, with the timer added.
+    base = command("train", "--config", str(timer_config))
     base += [f"--data.data_dir={data_dir}", "--trainer.enable_progress_bar=false"]
     configs = {"default": base, "yardstick": [*base, "--config", str(HERE / "yardstick.yaml")]}
 
     runs: dict[str, list[Run]] = {name: [] for name in configs}
     plain_fits = []
     for _ in range(args.repeats):
-        for name, command in configs.items():
-            runs[name].append(train_run(command, project, env, timer_file))
+        for name, train in configs.items():
+            runs[name].append(train_run(train, project, env, timer_file))
         plain_fits.append(plain_fit(project, data_dir, epochs=runs["default"][-1].epochs))
     seeds = [42]  # the config's own seed, run above
     for seed in range(43, 42 + args.seeds):

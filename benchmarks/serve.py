@@ -1,44 +1,45 @@
-"""Load-test the baked project's LitServe server on loopback against a plain endpoint; one table.
+"""Load-test the baked project's LitServe server on loopback against a plain endpoint.
 
-    python benchmarks/serve.py [--ckpt_path CKPT] [--requests 5000] [--concurrency 1 8 32]
+    python benchmarks/serve.py [--ckpt_path CKPT] [--rounds 3] [--requests 2000]
+                               [--concurrency 1 8 32]
 
-Bakes the default project and, without --ckpt_path, trains a checkpoint for one epoch on the
-data module's own small sample (the model's speed does not depend on its accuracy). Then it
-starts, one at a time on a free 127.0.0.1 port:
+Bakes the project with the serve option and, without --ckpt_path, trains a checkpoint for one
+epoch on the data module's own small sample (the model's speed does not depend on its
+accuracy). Then, in each of --rounds rounds, it starts in turn on a free 127.0.0.1 port:
 
-- the project's server (`python -m mnist_lab.serve`) with its default batching;
-- the same with batching off (--max_batch_size 1);
+- the project's server (`python -m mnist_lab.inference.serve`) with its defaults, and with
+  each setting the defaults were chosen against (batching off, LitServe's multiprocessing
+  queues instead of ZeroMQ, two model workers);
 - benchmarks/plain_server.py, one FastAPI process doing the same decoding and model call per
-  request, as a user would write it; and the same with OMP_NUM_THREADS=1 (torch's default of
-  one thread per core loses to the load generator on a small machine).
+  request, as a user would write it, with torch's default threads and with one thread.
 
 Each is sent PNG files of the test split as multipart uploads. At each concurrency, after a
-short warm-up, each client sends a request and waits for its answer, until --requests
-requests were sent or --max-seconds passed. Prints requests per second, latency percentiles,
-errors (any answer but 200) and, on Linux, the CPU time the server's processes spent per
-request. The load generator shares the machine with the servers: a minimal asyncio HTTP/1.1
-client on keep-alive connections, to take as little CPU from them as possible.
+short warm-up, each client sends a request and waits for its answer, until --requests were
+sent or --max-seconds passed. Prints, per server and concurrency, the median over the rounds
+and the range of: requests per second, p50 and p99 latency, errors (any answer but 200) and
+the CPU time the server's processes spent per request; and the machine's load. The load
+generator shares the machine with the servers: a minimal asyncio HTTP/1.1 client on
+keep-alive connections, to take as little CPU from them as possible.
 """
 
 import argparse
 import asyncio
 import contextlib
+import io
 import os
-import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cookiecutter.main import cookiecutter
+from common import HERE, bake, command, machine, print_table, spread
 
-HERE = Path(__file__).resolve().parent
-TEMPLATE_DIR = HERE.parent
 BOUNDARY = "benchmark-boundary"
 LIMITS = {"requests": 5000, "concurrency": 64, "max_seconds": 120}
 
@@ -209,7 +210,6 @@ def measure(
             cpu_after = cpu_seconds(process.pid)
             cpu = None if cpu_before is None else cpu_after - cpu_before
             runs.append(Run(name, concurrency, sent, seconds, latencies, errors, cpu))
-            print(" | ".join(runs[-1].row()), flush=True)
     finally:
         process.send_signal(signal.SIGTERM)  # the project's server stops its workers on SIGTERM
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -225,95 +225,109 @@ def sample(project: Path, data_dir: Path) -> tuple[list[bytes], list[str], str]:
     the sample, and the image size."""
     sys.path.insert(0, str(project / "src"))
     from mnist_lab.data import ImageDataModule
-    from torchvision.io import encode_png
+    from PIL import Image
 
     data_args = ImageDataModule.write_sample(data_dir)
     datamodule = ImageDataModule(**data_args)
     datamodule.setup("test")
-    pngs = [
-        encode_png(image).numpy().tobytes()
-        for images, _ in datamodule.test_dataloader()
-        for image in images
-    ]
+    pngs = []
+    for images, _ in datamodule.test_dataloader():
+        for image in images:
+            buffer = io.BytesIO()
+            Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy()).save(buffer, "PNG")
+            pngs.append(buffer.getvalue())
     flags = [f"--data.{name}={value}" for name, value in data_args.items()]
     return pngs, flags, "x".join(str(size) for size in ImageDataModule.image_size)
 
 
 def train(project: Path, env: dict[str, str], data_flags: list[str]) -> Path:
-    command = [sys.executable, "-m", "mnist_lab.train", "--config", "configs/default.yaml"]
-    command += ["--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", *data_flags]
-    subprocess.run(command, cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
+    args = command("train", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false")
+    subprocess.run(
+        [*args, *data_flags], cwd=project, env=env, check=True, stdout=subprocess.DEVNULL
+    )
     return next(p for p in project.glob("logs/**/checkpoints/*.ckpt") if p.name != "last.ckpt")
-
-
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        models = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        name = models[0] if models else name
-    return f"{name}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end"
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt_path", type=Path, help="checkpoint of the default bake's model")
-    parser.add_argument("--requests", type=int, default=5000, help="per server and concurrency")
-    parser.add_argument("--max-seconds", type=float, default=60, help="per server and concurrency")
+    parser.add_argument("--rounds", type=int, default=3, help="the servers in turn, this often")
+    parser.add_argument("--requests", type=int, default=2000, help="per server and concurrency")
+    parser.add_argument("--max-seconds", type=float, default=30, help="per server and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args()
     if not (
         1 <= args.requests <= LIMITS["requests"]
         and 1 <= min(args.concurrency) <= max(args.concurrency) <= LIMITS["concurrency"]
         and 0 < args.max_seconds <= LIMITS["max_seconds"]
+        and 1 <= args.rounds <= 10
     ):
-        parser.error(f"keep the load within {LIMITS}")
+        parser.error(f"keep the load within {LIMITS} and 1-10 rounds")
     return args
+
+
+def summary_rows(runs: list["Run"], names: list[str], concurrency: list[int]) -> list[list[str]]:
+    """Per server and concurrency: the median over the rounds, and the range."""
+    rows = []
+    for name in names:
+        for clients in concurrency:
+            group = [run for run in runs if (run.server, run.concurrency) == (name, clients)]
+            cpu = [run.cpu_seconds / run.requests * 1000 for run in group if run.cpu_seconds]
+            rows.append(
+                [
+                    name,
+                    str(clients),
+                    spread([run.throughput for run in group], "{:.0f}"),
+                    spread([run.percentile_ms(0.50) for run in group]),
+                    spread([run.percentile_ms(0.99) for run in group]),
+                    str(sum(run.errors for run in group)),
+                    spread(cpu, "{:.2f}") if cpu else "n/a",
+                ]
+            )
+    return rows
 
 
 def main() -> None:
     args = parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="lightning-template-serve-bench-"))
-    project = Path(cookiecutter(str(TEMPLATE_DIR), no_input=True, output_dir=str(workdir)))
-    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    workdir, project, env = bake("serve-bench", serve="yes")
     pngs, data_flags, image_size = sample(project, workdir / "data")
     ckpt_path = (args.ckpt_path or train(project, env, data_flags)).resolve()
-
-    serve = [sys.executable, "-m", "mnist_lab.serve", "--ckpt_path", str(ckpt_path)]
+    serve = command("inference.serve", "--ckpt_path", str(ckpt_path))
     plain = [sys.executable, str(HERE / "plain_server.py"), str(project / "src"), str(ckpt_path)]
     servers = [
-        ("LitServe, batching", [*serve, "--port"], env),
+        ("LitServe, defaults", [*serve, "--port"], env),
         ("LitServe, no batching", [*serve, "--max_batch_size", "1", "--port"], env),
+        ("LitServe, mp queues", [*serve, "--no-fast_queue", "--port"], env),
+        ("LitServe, 2 workers", [*serve, "--workers_per_device", "2", "--port"], env),
         ("plain FastAPI", plain, env),
         ("plain FastAPI, 1 thread", plain, {**env, "OMP_NUM_THREADS": "1"}),
     ]
-    print(" | ".join(HEADER))
-    runs = []
-    for name, command, server_env in servers:
-        log = workdir / f"{name.replace(' ', '_').replace(',', '')}.log"
-        runs += measure(name, command, server_env, log, pngs, args)
+    print(f"{machine()} at the start; {len(pngs)} distinct {image_size} PNG uploads", flush=True)
+    runs: list[Run] = []
+    for round_number in range(args.rounds):
+        for name, server, server_env in servers:
+            log = workdir / f"{name.replace(' ', '_').replace(',', '')}-{round_number}.log"
+            runs += measure(name, server, server_env, log, pngs, args)
+        print(f"round {round_number + 1} of {args.rounds} done; {machine()}", flush=True)
 
-    rows = [HEADER, *(run.row() for run in runs)]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(HEADER))]
-    print(f"\n{machine()}; {len(pngs)} distinct {image_size} PNG uploads\n")
-    for row in (rows[0], ["-" * width for width in widths], *rows[1:]):
-        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(f"\nmedian (range) over {args.rounds} rounds; {machine()} at the end\n")
+    header = ["server", "clients", "req/s", "p50 ms", "p99 ms", "errors", "CPU ms/req"]
+    print_table(header, summary_rows(runs, [name for name, *_ in servers], args.concurrency))
     top = max(args.concurrency)
-    at_top = {run.server: run for run in runs if run.concurrency == top}
-    batched = at_top["LitServe, batching"]
-    plain_best = max(
-        (run for name, run in at_top.items() if name.startswith("plain")),
-        key=lambda run: run.throughput,
+
+    def median(name: str, figure: Any) -> float:
+        at_top = [run for run in runs if (run.server, run.concurrency) == (name, top)]
+        return statistics.median(figure(run) for run in at_top)
+
+    default, plain_one = "LitServe, defaults", "plain FastAPI, 1 thread"
+    speed = median(default, Run.throughput.fget) / median(plain_one, Run.throughput.fget)
+    p99 = median(default, lambda run: run.percentile_ms(0.99)) / median(
+        plain_one, lambda run: run.percentile_ms(0.99)
     )
+    errors = sum(run.errors for run in runs if run.server == default)
     print(
-        f"\nat {top} clients, LitServe with batching: "
-        f"{batched.throughput / plain_best.throughput:.2f}x the requests/s of the faster plain "
-        f"endpoint ({plain_best.server}), p99 {batched.percentile_ms(0.99):.1f} ms, "
-        f"{batched.errors} errors"
+        f"at {top} clients, the server's defaults: {speed:.2f}x the requests/s of the plain "
+        f"one-thread endpoint, p99 {p99:.2f}x its p99, {errors} errors in all their loads"
     )
     print(f"(baked project and server logs: {workdir})")
 

@@ -21,6 +21,7 @@ SERVE_FILES = [
     Path("tests", "test_serve.py"),
     Path("tests", "test_page.py"),
     Path("tests", "serving.py"),
+    Path("docs"),
 ]
 TUNE_FILES = [
     PACKAGE / "tune",
