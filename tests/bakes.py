@@ -51,7 +51,7 @@ def train_in(
     data module's arguments, then ``flags``; with ``run_dir``, runs and logs go there."""
     into_run_dir = [f"--trainer.default_root_dir={run_dir}"] if run_dir else []
     data_flags = [
-        f"--data.{name}={value if isinstance(value, str) else json.dumps(value)}"
+        f"--data.{name}={value if isinstance(value, str | Path) else json.dumps(value)}"
         for name, value in data_args.items()
     ]
     train = ["-m", f"{package_of(project)}.train", *data_flags, "--trainer.devices=1"]

@@ -2,6 +2,7 @@
 
 import pytest
 from bakes import TEMPLATE_DIR, Bake
+from slurm_cluster import slurm_cluster  # noqa: F401  (the throw-away cluster, for every module)
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,8 @@ FINAL_STATES = frozenset(
 )
 START_TIMEOUT = 60.0  # seconds for munged, slurmctld and slurmd to come up and the node to idle
 STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL at teardown
+# Seconds a step credential lives, and a requeued job waits before it may run again.
+CRED_EXPIRE = 10
 CANCEL_TIMEOUT = 45.0  # seconds for jobs left at teardown to end (KillWait is 30 by default)
 # A key in `scontrol show job -o`: starts a word, capitalised (values such as TRES=cpu=1 or a
 # Command's --flag=x never match, since their `=` does not follow whitespace and a capital).
@@ -96,6 +98,7 @@ def _memory_mib() -> int:
 
 
 def _tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` of a log, headed by its path."""
     text = path.read_text(errors="replace") if path.exists() else "(missing)"
     return f"--- {path}\n" + "\n".join(text.splitlines()[-lines:])
 
@@ -156,10 +159,18 @@ class SlurmCluster:
 
     # --- client helpers
 
-    def run(self, *args: str, cwd: Path | None = None, timeout: float = 30) -> str:
-        """Run a Slurm client command against this cluster; its stdout, or fail with stderr."""
+    def run(
+        self, *args: str, cwd: Path | None = None, timeout: float = 30, env: dict | None = None
+    ) -> str:
+        """Run a Slurm client command against this cluster; its stdout, or fail with stderr.
+        ``env`` adds variables (sbatch hands them on to the job)."""
         completed = subprocess.run(
-            args, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
+            args,
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if completed.returncode != 0:
             raise RuntimeError(
@@ -168,9 +179,14 @@ class SlurmCluster:
             )
         return completed.stdout
 
-    def submit(self, args: list[str], cwd: Path) -> str:
+    def submit(self, args: list[str], cwd: Path, env: dict | None = None) -> str:
         """``sbatch --parsable`` from ``cwd`` (where output files land); the job id."""
-        return self.run("sbatch", "--parsable", *args, cwd=cwd).strip().split(";")[0]
+        return self.run("sbatch", "--parsable", *args, cwd=cwd, env=env).strip().split(";")[0]
+
+    def states(self, job_id: str) -> list[str]:
+        """The JobState of every record of the job: each task of an array."""
+        lines = self.run("scontrol", "show", "job", "-o", job_id).splitlines()
+        return [parse_key_values(line)["JobState"] for line in lines if line.strip()]
 
     def info(self, job_id: str) -> dict[str, str]:
         """The job's ``scontrol show job -o`` record (an array's first one, if several)."""
@@ -194,6 +210,19 @@ class SlurmCluster:
                 )
             time.sleep(interval)
         return state
+
+    def start_now(self, job_id: str, timeout: float = 60.0) -> None:
+        """Let a requeued job run again now rather than after ``cred_expire`` seconds.
+
+        Slurm sets the begin time once the job has left COMPLETING, overwriting an earlier
+        update, so this waits for PENDING with Reason=BeginTime before setting StartTime=now.
+        """
+        deadline = time.monotonic() + timeout
+        while (info := self.info(job_id))["Reason"] != "BeginTime" or info["JobState"] != "PENDING":
+            if info["JobState"] in FINAL_STATES or time.monotonic() > deadline:
+                raise RuntimeError(f"job {job_id} is not waiting for its begin time: {info}")
+            time.sleep(0.1)
+        self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
     def logs(self, lines: int = 30) -> str:
         """The tail of every daemon's log, for failure messages."""
@@ -236,6 +265,7 @@ class SlurmCluster:
 
     @property
     def munge_socket(self) -> Path:
+        """munged's socket; clients find it through AuthInfo in slurm.conf."""
         return self.root / "munge" / "munge.socket"
 
     def _write_conf(self, extra: dict[str, str]) -> None:
@@ -253,7 +283,8 @@ class SlurmCluster:
             "SlurmdUser": "root",
             "AuthType": "auth/munge",
             "CredType": "cred/munge",
-            "AuthInfo": f"socket={self.munge_socket}",
+            # cred_expire (120 s by default) also delays a requeued job's restart by as much.
+            "AuthInfo": f"socket={self.munge_socket},cred_expire={CRED_EXPIRE}",
             "StateSaveLocation": str(self.root / "state"),
             "SlurmdSpoolDir": str(self.root / "spool"),
             "SlurmctldPidFile": str(self.root / "slurmctld.pid"),
@@ -269,6 +300,8 @@ class SlurmCluster:
             "MpiDefault": "none",
             "SwitchType": "switch/none",
             "SchedulerType": "sched/builtin",
+            # A requeued job that became eligible waits for the next full pass (60 s by default).
+            "SchedulerParameters": "sched_interval=2",
             "SelectType": "select/cons_tres",
             "SelectTypeParameters": "CR_CPU",
             "ReturnToService": "2",
@@ -286,7 +319,9 @@ class SlurmCluster:
         lines.append(f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP")
         self.conf.write_text("\n".join(lines) + "\n")
 
-    def _spawn(self, name: str, argv: list[str], **kwargs: int) -> None:
+    def _spawn(
+        self, name: str, argv: list[str], user: int | None = None, group: int | None = None
+    ) -> None:
         """Start a daemon in the foreground, in its own session, output to ``<name>.out``."""
         with open(self.root / f"{name}.out", "wb") as out:
             self._daemons[name] = subprocess.Popen(
@@ -296,10 +331,13 @@ class SlurmCluster:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
-                **kwargs,  # type: ignore[arg-type]
+                user=user,
+                group=group,
+                extra_groups=None if user is None else [],  # not root's groups
             )
 
     def _wait_until(self, ready: Callable[[], bool], what: str) -> None:
+        """Poll ``ready``; fail with the logs if a daemon exits or START_TIMEOUT passes."""
         deadline = time.monotonic() + START_TIMEOUT
         while not ready():
             dead = {name: p.returncode for name, p in self._daemons.items() if p.poll() is not None}
@@ -310,10 +348,10 @@ class SlurmCluster:
 
     def _wait_for_idle_node(self) -> None:
         def idle() -> bool:
-            completed = subprocess.run(
-                ["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True, text=True
-            )
-            return completed.returncode == 0 and completed.stdout.strip() == "idle"
+            try:
+                return self.run("sinfo", "-h", "-N", "-o", "%T", timeout=10).strip() == "idle"
+            except (RuntimeError, subprocess.TimeoutExpired):  # slurmctld not listening yet
+                return False
 
         self._wait_until(idle, f"node {self.node} to be idle")
 
@@ -326,6 +364,7 @@ class SlurmCluster:
         for name in ("slurmd", "slurmctld", "munged"):
             if name in self._daemons:
                 _terminate(self._daemons[name])
+        _wait_for_zombie_stepds()
         leftovers = _processes_using(self.root)
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
@@ -348,7 +387,27 @@ class SlurmCluster:
             pass  # leftovers are killed and reported by stop()
 
 
-def _terminate(process: "subprocess.Popen[bytes]") -> None:
+def _wait_for_zombie_stepds(timeout: float = 5.0) -> None:
+    """Give init a moment to reap exited slurmstepds (they daemonise, so init is their parent).
+
+    They hold no resources, but would show in ``pgrep slurm`` right after a test session.
+    """
+    deadline = time.monotonic() + timeout
+    while _zombie_stepd_exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _zombie_stepd_exists() -> bool:
+    """Whether any exited slurmstepd awaits reaping (``/proc/<pid>/stat`` state Z)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if "(slurmstepd) Z" in stat.read_text():
+                return True
+    return False
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if the daemon has not exited after ``STOP_TIMEOUT``."""
     if process.poll() is not None:
         return
     process.terminate()

@@ -162,6 +162,20 @@ class PauseForSignal(pl.Callback):
         self._pause_at(trainer, "test", args[3])
 
 
+class PauseOnce(pl.Callback):
+    """In the first run of a job only, at one training batch, print a marker and sleep on
+    every process: a signal sent then finds them all outside a collective."""
+
+    def __init__(self, epoch: int, batch: int, seconds: float) -> None:
+        self.epoch, self.batch, self.seconds = epoch, batch, seconds
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
+        if first_run and (trainer.current_epoch, args[-1]) == (self.epoch, self.batch):
+            print("paused", flush=True)
+            time.sleep(self.seconds)
+
+
 class EpochMetrics(pl.Callback):
     """Keep the metrics of every validation epoch."""
 

@@ -58,19 +58,16 @@ def test_exported_model_matches_the_checkpoint_for_any_batch(
 
 
 def test_missing_extra_is_named_in_one_line(
-    trained: Run, tmp_path: Path, child_env: dict[str, str]
+    trained: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A Python where onnxscript cannot be imported, as in a project installed without [export].
-    hide = "import sys; sys.modules['onnxscript'] = None; "
-    script = hide + "from {{ cookiecutter.package_name }}.inference.export import main; main()"
+    # As in a project installed without the export extra: onnxscript cannot be imported.
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
     output = tmp_path / "m.onnx"
     args = ["--ckpt_path", str(trained.best), "--format", "onnx", "--output", str(output)]
-    completed = run([sys.executable, "-c", script, *args], tmp_path, child_env)
-    assert completed.returncode == 1
-    assert completed.stderr.strip().splitlines() == [
+    assert exit_message(main, args) == (
         "error: the onnx format needs onnxscript, which is not installed: "
         'pip install -e ".[export]"'
-    ]
+    )
     assert not output.exists()
 
 

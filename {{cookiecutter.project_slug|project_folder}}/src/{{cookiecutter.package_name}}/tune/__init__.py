@@ -1,6 +1,7 @@
 r"""The hyperparameter search, on Optuna; each trial is a normal training run of this project.
 
-    python -m {{ cookiecutter.package_name }}.tune [--search my_search.yaml] [--storage URL] [train arguments]
+    python -m {{ cookiecutter.package_name }}.tune \
+        [--search my_search.yaml] [--storage URL] [train arguments]
 
 The search file (default: ``configs/search.yaml`` of the package) holds the search space (config
 keys and their distributions), the metric and its direction, the pruner and the number of

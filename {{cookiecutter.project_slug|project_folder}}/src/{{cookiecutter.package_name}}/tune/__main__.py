@@ -61,6 +61,9 @@ def tune(argv: list[str] | None = None) -> object:
     with warnings.catch_warnings(), quiet_trials():
         # Heartbeats and the plots are marked experimental in Optuna.
         warnings.simplefilter("ignore", ExperimentalWarning)
+        # Each trial's config goes to train as an object while tune's own arguments stand in
+        # sys.argv; Lightning warns of that mix, which is meant here.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         check_search(search, path, base)
         if options.storage == DEFAULT_STORAGE:
             RESULTS_ROOT.mkdir(parents=True, exist_ok=True)

@@ -47,17 +47,22 @@ def open_storage(location: str, heartbeat_interval: int | None) -> optuna.storag
             return JournalStorage(JournalFileBackend(location))
         # Workers on one machine wait for SQLite's lock instead of failing after 5 s.
         engine = {"connect_args": {"timeout": 60}} if location.startswith("sqlite") else {}
-        with warnings.catch_warnings():
-            # Optuna marks heartbeats experimental; they are its way to find dead workers.
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(
-                location,
-                engine_kwargs=engine,
-                heartbeat_interval=heartbeat_interval,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=RETRIES_OF_A_KILLED_TRIAL
-                ),
-            )
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=RETRIES_OF_A_KILLED_TRIAL)
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    # Optuna marks heartbeats experimental; they are its way to find dead workers.
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    return RDBStorage(
+                        location,
+                        engine_kwargs=engine,
+                        heartbeat_interval=heartbeat_interval,
+                        heartbeat_stale_trial_callback=retry,
+                    )
+            except sqlalchemy.exc.IntegrityError:
+                # Workers starting together race to create Optuna's tables: the loser retries.
+                time.sleep(0.5 * (attempt + 1))
+        raise ConfigError(f"cannot create Optuna's tables in {redacted(location)}")
     except Exception as error:  # drivers fail in many ways: URL, server, module, permissions
         # Optuna turns a missing driver into an ImportError of its own; the cause names it.
         reason = one_line(error.__cause__ or error)
