@@ -8,8 +8,8 @@ epoch on the data module's own small sample (the model's speed does not depend o
 accuracy). Then, in each of --rounds rounds, it starts in turn on a free 127.0.0.1 port:
 
 - the project's server (`python -m mnist_lab.inference.serve`) with its defaults, and with
-  each setting the defaults were chosen against (batching off, LitServe's multiprocessing
-  queues instead of ZeroMQ, two model workers);
+  each setting the defaults were chosen against (batching up to 16 requests, LitServe's
+  multiprocessing queues instead of ZeroMQ, two model workers);
 - benchmarks/plain_server.py, one FastAPI process doing the same decoding and model call per
   request, as a user would write it, with torch's default threads and with one thread.
 
@@ -255,6 +255,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="per server and concurrency")
     parser.add_argument("--max-seconds", type=float, default=30, help="per server and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--only", nargs="+", help="the servers to run, by their names' start")
     args = parser.parse_args()
     if not (
         1 <= args.requests <= LIMITS["requests"]
@@ -296,12 +297,14 @@ def main() -> None:
     plain = [sys.executable, str(HERE / "plain_server.py"), str(project / "src"), str(ckpt_path)]
     servers = [
         ("LitServe, defaults", [*serve, "--port"], env),
-        ("LitServe, no batching", [*serve, "--max_batch_size", "1", "--port"], env),
+        ("LitServe, batching 16", [*serve, "--max_batch_size", "16", "--port"], env),
         ("LitServe, mp queues", [*serve, "--no-fast_queue", "--port"], env),
         ("LitServe, 2 workers", [*serve, "--workers_per_device", "2", "--port"], env),
         ("plain FastAPI", plain, env),
         ("plain FastAPI, 1 thread", plain, {**env, "OMP_NUM_THREADS": "1"}),
     ]
+    if args.only:
+        servers = [server for server in servers if server[0].startswith(tuple(args.only))]
     print(f"{machine()} at the start; {len(pngs)} distinct {image_size} PNG uploads", flush=True)
     runs: list[Run] = []
     for round_number in range(args.rounds):
@@ -320,15 +323,16 @@ def main() -> None:
         return statistics.median(figure(run) for run in at_top)
 
     default, plain_one = "LitServe, defaults", "plain FastAPI, 1 thread"
-    speed = median(default, Run.throughput.fget) / median(plain_one, Run.throughput.fget)
-    p99 = median(default, lambda run: run.percentile_ms(0.99)) / median(
-        plain_one, lambda run: run.percentile_ms(0.99)
-    )
-    errors = sum(run.errors for run in runs if run.server == default)
-    print(
-        f"at {top} clients, the server's defaults: {speed:.2f}x the requests/s of the plain "
-        f"one-thread endpoint, p99 {p99:.2f}x its p99, {errors} errors in all their loads"
-    )
+    if {default, plain_one} <= {name for name, *_ in servers}:
+        speed = median(default, Run.throughput.fget) / median(plain_one, Run.throughput.fget)
+        p99 = median(default, lambda run: run.percentile_ms(0.99)) / median(
+            plain_one, lambda run: run.percentile_ms(0.99)
+        )
+        errors = sum(run.errors for run in runs if run.server == default)
+        print(
+            f"at {top} clients, the server's defaults: {speed:.2f}x the requests/s of the plain "
+            f"one-thread endpoint, p99 {p99:.2f}x its p99, {errors} errors in all their loads"
+        )
     print(f"(baked project and server logs: {workdir})")
 
 

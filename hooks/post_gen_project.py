@@ -17,6 +17,7 @@ PACKAGE = Path("src", PACKAGE_NAME)
 SERVE_FILES = [
     PACKAGE / "inference" / "serve.py",
     PACKAGE / "inference" / "server.py",
+    PACKAGE / "inference" / "api.py",
     PACKAGE / "inference" / "page.html",
     Path("tests", "test_serve.py"),
     Path("tests", "test_page.py"),

@@ -1,5 +1,6 @@
 """The baked project's tooling works offline-capable, and CI runs what the READMEs say."""
 
+import json
 import os
 import re
 import shutil
@@ -115,6 +116,17 @@ def test_cruft_update_brings_a_template_change_into_a_baked_project(tmp_path: Pa
     run(*cruft, "update", "--skip-apply-ask", "--allow-untracked-files", cwd=project)
     assert "A line added by a later template release." in (project / "README.md").read_text()
     run(*cruft, "check", cwd=project)
+
+    # A wing taken later: the answer changes and the wing's files, extra and tests arrive.
+    commit_all(project, "template update")
+    assert not (project / "src" / "mnist_lab" / "inference" / "serve.py").exists()
+    serve_on = ["--variables-to-update", json.dumps({"serve": "yes"})]
+    run(*cruft, "update", "--skip-apply-ask", "--allow-untracked-files", *serve_on, cwd=project)
+    assert (project / "src" / "mnist_lab" / "inference" / "serve.py").is_file()
+    assert (project / "tests" / "test_serve.py").is_file()
+    assert "litserve" in (project / "pyproject.toml").read_text()
+    answers = json.loads((project / ".cruft.json").read_text())["context"]["cookiecutter"]
+    assert answers["serve"] == "yes"
 
 
 @pytest.mark.slow

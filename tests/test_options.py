@@ -74,7 +74,12 @@ PACKAGE_FILES = {
 
 # The files of the two wings, in the package and beside it.
 SERVE_FILES = {
-    "package": {"inference/serve.py", "inference/server.py", "inference/page.html"},
+    "package": {
+        "inference/serve.py",
+        "inference/server.py",
+        "inference/api.py",
+        "inference/page.html",
+    },
     "project": {
         "tests/serving.py",
         "tests/test_serve.py",

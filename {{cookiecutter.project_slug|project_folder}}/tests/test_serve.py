@@ -232,6 +232,41 @@ def test_command_errors_are_one_line(
     )
 
 
+def test_fast_queue_answers_over_zeromq_and_leaves_no_socket_file(trained: Run) -> None:
+    """LitServe 0.2 ignores its fast_queue setting (Lightning-AI/LitServe#751); this server
+    really uses ZeroMQ, wired the right way round, and removes the broker's socket files. (The
+    other tests' servers answer through it: with the addresses swapped, every request hangs.)"""
+    from litserve.transport.zmq_transport import ZMQTransport
+
+    from {{ cookiecutter.package_name }}.inference.server import build_server
+
+    server = build_server(
+        trained.best,
+        top_k=TOP_K,
+        accelerator="cpu",
+        devices=1,
+        workers_per_device=1,
+        max_batch_size=None,
+        batch_timeout=0.005,
+        max_payload_mb=MAX_PAYLOAD_MB,
+        fast_queue=True,
+    )
+    assert server.litapi_connector.lit_apis[0].max_batch_size == 1  # no batching on a CPU
+    manager = server._init_manager(num_api_servers=1)
+    config, transport = server.transport_config, server._transport
+    assert isinstance(transport, ZMQTransport)
+    assert (transport.backend_address, transport.frontend_address) == (
+        config.backend_address,
+        config.frontend_address,
+    )
+    addresses = (config.backend_address, config.frontend_address)
+    sockets = [Path(address.removeprefix("ipc://")) for address in addresses]
+    assert all(path.exists() for path in sockets)
+    server.inference_workers = []  # none started: run() would start them
+    server._perform_graceful_shutdown(manager, {})
+    assert not any(path.exists() for path in sockets)
+
+
 def test_sigterm_answers_the_request_in_flight_then_stops(server: Server, expected: dict) -> None:
     """Run after the tests above: it stops the module's server."""
     image, row = next(iter(expected.items()))

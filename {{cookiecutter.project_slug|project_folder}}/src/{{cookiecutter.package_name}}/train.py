@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from jsonargparse import ArgumentParser, Namespace
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins import CheckpointIO
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from .data import ImageDataModule
 from .model import DATA_FACTS, ImageClassifier
@@ -36,7 +34,7 @@ from .support.checkpoints import (
     read_checkpoint,
     runs_folder,
 )
-from .support.errors import ConfigError, DatasetError, UserError, exit_on_user_error, one_line
+from .support.errors import ConfigError, DatasetError, UserError, exit_in_one_line
 from .support.files import write_file
 from .support.process import configure_process, default_precision
 from .support.report import TestReport
@@ -207,20 +205,8 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     configure_process()
-    with exit_on_user_error():
-        try:
-            train(argv)
-        except SIGTERMException:
-            sys.exit("stopped by SIGTERM")
-        except RuntimeError as error:
-            # Under DDP, the collectives of every process fail when one of them is gone.
-            backends = ("gloo/transport", "NCCL")
-            if not isinstance(error, torch.distributed.DistError) and not any(
-                backend in str(error) for backend in backends
-            ):
-                raise
-            reason = one_line(error).rpartition("] ")[2]
-            sys.exit(f"error: a process of this run stopped, so this one cannot go on: {reason}")
+    with exit_in_one_line():
+        train(argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..support.errors import exit_on_user_error, require
+from ..support.errors import exit_in_one_line, require
 from ..support.files import check_output, write_file
 from ..support.process import configure_process
 from .classifier import load_classifier
@@ -31,7 +31,7 @@ def example_and_shapes(model: nn.Module, device: str = "cpu") -> tuple[tuple, di
     return (example,), {"images": {0: torch.export.Dim("batch")}}
 
 
-def to_onnx(model: nn.Module, output: Path) -> None:
+def to_onnx(model: nn.Module, file: io.BytesIO) -> None:
     for module in ("onnx", "onnxscript"):
         require(module, extra="export", feature="the onnx format")
     example, shapes = example_and_shapes(model)
@@ -45,25 +45,19 @@ def to_onnx(model: nn.Module, output: Path) -> None:
         external_data=False,
         verbose=False,
     )
-    buffer = io.BytesIO()
-    program.save(buffer)
-    write_file(output, buffer.getvalue())
+    program.save(file)
 
 
-def to_program(model: nn.Module, output: Path) -> None:
+def to_program(model: nn.Module, file: io.BytesIO) -> None:
     example, shapes = example_and_shapes(model)
-    buffer = io.BytesIO()
-    torch.export.save(torch.export.export(model, example, dynamic_shapes=shapes), buffer)
-    write_file(output, buffer.getvalue())
+    torch.export.save(torch.export.export(model, example, dynamic_shapes=shapes), file)
 
 
-def to_aoti(model: nn.Module, output: Path) -> None:
+def to_aoti(model: nn.Module, file: io.BytesIO) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     example, shapes = example_and_shapes(model.to(device), device)
-    buffer = io.BytesIO()
     program = torch.export.export(model, example, dynamic_shapes=shapes)
-    torch._inductor.aoti_compile_and_package(program, package_path=buffer)
-    write_file(output, buffer.getvalue())
+    torch._inductor.aoti_compile_and_package(program, package_path=file)
 
 
 FORMATS = {"onnx": to_onnx, "pt2": to_program, "aoti": to_aoti}
@@ -74,7 +68,11 @@ def export(ckpt_path: Path, export_format: str, output: Path) -> Path:
     check_output(output)
     model, _ = load_classifier(ckpt_path)
     # Channels-last weights speed up training; saved programs want plain contiguous tensors.
-    FORMATS[export_format](model.to(memory_format=torch.contiguous_format), output)
+    model = model.to(memory_format=torch.contiguous_format)
+    # In memory first: the file is written only once the whole model is, and written whole.
+    file = io.BytesIO()
+    FORMATS[export_format](model, file)
+    write_file(output, file.getvalue())
     return output
 
 
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     configure_process()
-    with exit_on_user_error():
+    with exit_in_one_line():
         output = export(args.ckpt_path, args.format, args.output)
     print(f"wrote {output}")
 

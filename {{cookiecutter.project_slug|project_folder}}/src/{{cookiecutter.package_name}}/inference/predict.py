@@ -22,7 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from ..data import ImageDataModule
-from ..support.errors import DatasetError, exit_on_user_error, one_line
+from ..support.errors import DatasetError, exit_in_one_line, one_line
 from ..support.files import check_output, write_file
 from ..support.process import configure_process, default_precision
 from .classifier import load_classifier
@@ -135,11 +135,12 @@ def at_least(least: int) -> Any:
     return count
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt_path", type=Path, required=True, help="checkpoint from training")
     parser.add_argument(
         "--input",
+        dest="input_path",
         type=Path,
         help="an image or a folder of images; the data module's test split if left out",
     )
@@ -154,22 +155,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--devices", type=at_least(1), default=1, help="devices to spread over (DDP); one CSV"
     )
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     configure_process()
-    with exit_on_user_error():
-        output = predict(
-            args.ckpt_path,
-            args.input,
-            args.output,
-            args.batch_size,
-            args.accelerator,
-            args.devices,
-            args.num_workers,
-        )
+    with exit_in_one_line():
+        output = predict(**vars(args))
     rank_zero_only(print)(f"wrote {output}")
 
 

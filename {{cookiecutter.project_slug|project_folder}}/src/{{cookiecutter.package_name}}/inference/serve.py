@@ -7,12 +7,12 @@
 POST /predict takes one image file in the multipart form field ``image`` and answers, as JSON,
 its class index, class name and confidence (softmax probability), and the ``--top_k`` most
 likely classes. Images are decoded by ``images.decode``, as in ``predict``, so both give the
-same answer for the same file. LitServe runs the model in worker processes, batches requests
-that arrive together (``--max_batch_size``, ``--batch_timeout``) and serves GET /health (200
-once the workers are ready) and GET /info (class names, input shape, checkpoint, template
-version). SIGTERM or Ctrl-C, to this process or to all of the server's (``docker stop``,
-systemd, Kubernetes), answers the requests the server has read, then stops every process.
-Needs the ``serve`` extra: ``pip install -e ".[serve]"``.
+same answer for the same file. LitServe runs the model in worker processes, on a GPU batches
+requests that arrive together (``--max_batch_size``, ``--batch_timeout``), and serves GET
+/health (200 once the workers are ready) and GET /info (class names, input shape, checkpoint,
+template version). SIGTERM or Ctrl-C, to this process or to all of the server's (``docker
+stop``, systemd, Kubernetes), answers the requests the server has read, then stops every
+process. Needs the ``serve`` extra: ``pip install -e ".[serve]"``.
 """
 
 import argparse
@@ -22,7 +22,7 @@ import socket
 from pathlib import Path
 from types import FrameType
 
-from ..support.errors import ConfigError, exit_on_user_error, require
+from ..support.errors import ConfigError, exit_in_one_line, require
 from ..support.process import configure_process
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     add("--devices", type=devices_value, default="auto", help="'auto' or a count (%(default)s)")
     add("--workers_per_device", type=positive(int), default=1, help="model processes per device")
-    add("--max_batch_size", type=positive(int), default=16, help="1: no batching (%(default)s)")
+    add("--max_batch_size", type=positive(int), help="1: no batching; 16 on a GPU, 1 on CPU")
     # At 0, LitServe's batching loop would poll its queue without pause: a whole core while idle.
     add("--batch_timeout", type=positive(float), default=0.005, help="seconds a batch may wait")
     add("--fast_queue", action=argparse.BooleanOptionalAction, default=True, help="ZeroMQ queues")
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     configure_process()
-    with exit_on_user_error():
+    with exit_in_one_line():
         for module in ("litserve", "multipart"):
             require(module, extra="serve", feature="serve")
         from .server import QuietConnectionsClosed, build_server

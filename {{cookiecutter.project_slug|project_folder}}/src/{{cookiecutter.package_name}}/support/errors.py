@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+import torch
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 
 class UserError(Exception):
@@ -61,8 +62,9 @@ def one_line(error: BaseException) -> str:
 
 
 @contextmanager
-def exit_on_user_error() -> Iterator[None]:
-    """End the process with ``error: <one line>`` (exit status 1) on an error the user can fix.
+def exit_in_one_line() -> Iterator[None]:
+    """End the process with one line on stderr (exit status 1) on an error the user can fix,
+    a stop by SIGTERM, or the loss of another process of a DDP run.
 
     Lightning's own configuration errors (e.g. a GPU asked for where there is none) are
     already worded for the user, so they count too.
@@ -71,3 +73,18 @@ def exit_on_user_error() -> Iterator[None]:
         yield
     except (UserError, MisconfigurationException) as error:
         sys.exit(f"error: {one_line(error)}")
+    except SIGTERMException:
+        sys.exit("stopped by SIGTERM")
+    except RuntimeError as error:
+        if not lost_a_process(error):
+            raise
+        reason = one_line(error).rpartition("] ")[2]
+        sys.exit(f"error: a process of this run stopped, so this one cannot go on: {reason}")
+
+
+def lost_a_process(error: RuntimeError) -> bool:
+    """Whether a DDP collective failed because another process of the run is gone: the
+    collectives of every other process then fail."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    return any(backend in str(error) for backend in ("gloo/transport", "NCCL"))

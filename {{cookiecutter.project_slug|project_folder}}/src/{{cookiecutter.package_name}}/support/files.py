@@ -69,11 +69,11 @@ def remove_stale_partials(path: Path) -> None:
 
 def process_exists(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0 only checks; PermissionError: another user's process
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:
+        pass
     return True
 
 
@@ -81,11 +81,9 @@ def sync_folder(folder: Path) -> None:
     """Flush a folder's entries (a rename) to disk, where the system allows it."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
     except OSError:
         pass
-    finally:
-        os.close(descriptor)

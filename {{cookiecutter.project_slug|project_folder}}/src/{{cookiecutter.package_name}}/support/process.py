@@ -25,22 +25,17 @@ def configure_process() -> None:
     - A DDP process group is ended before the interpreter exits: torn down during interpreter
       exit, gloo's threads can abort the process after a successful run.
     """
-    reuse_freed_memory()
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+        mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD)
+        mallopt(M_TRIM_THRESHOLD, 4 * MAX_MMAP_THRESHOLD)
+    except (OSError, AttributeError, TypeError):  # a C library other than glibc
+        pass
     gc.freeze()
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.benchmark = True
     atexit.register(close_process_group)
-
-
-def reuse_freed_memory() -> None:
-    """glibc's part of ``configure_process``; does nothing where the C library is another."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD)
-    mallopt(M_TRIM_THRESHOLD, 4 * MAX_MMAP_THRESHOLD)
 
 
 def default_precision() -> str:

@@ -47,14 +47,15 @@ class TestReport(pl.Callback):
             self.mistakes.extend(found)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        matrix = self.confusion.compute().cpu()  # summed over all processes
+        # Summed over all processes, so every one takes part; the plot reuses the result.
+        self.confusion.compute()
         # Every rank must ask for log_dir: the property broadcasts rank 0's answer. It is
         # None when loggers are off (fast_dev_run); the pictures then go to the root folder.
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
         figures = {
-            "confusion_matrix": confusion_figure(matrix, self.class_names),
+            "confusion_matrix": confusion_figure(self.confusion, self.class_names),
             "misclassified": mistakes_figure(self.mistakes, self.class_names),
         }
         for name, figure in figures.items():
@@ -75,22 +76,12 @@ def send_picture(logger: pl.loggers.Logger, tag: str, figure: Figure, path: Path
         logger.experiment.log_artifact(logger.run_id, str(path))
 
 
-def confusion_figure(matrix: Tensor, class_names: list[str]) -> Figure:
+def confusion_figure(confusion: MulticlassConfusionMatrix, class_names: list[str]) -> Figure:
     """Counts of (true, predicted) pairs; the diagonal holds the correct predictions."""
-    figure = Figure(figsize=(6, 6))
-    axes = figure.subplots()
-    axes.imshow(matrix.numpy(), cmap="Blues")
-    classes = range(len(class_names))
-    if len(class_names) <= 20:  # beyond that the counts no longer fit in their cells
-        for true in classes:
-            for predicted in classes:
-                count = int(matrix[true, predicted])
-                color = "white" if count > matrix.max() / 2 else "black"
-                axes.text(predicted, true, count, ha="center", va="center", fontsize=7, color=color)
-    axes.set_xticks(classes, class_names, rotation=90, fontsize=7)
-    axes.set_yticks(classes, class_names, fontsize=7)
-    axes.set(xlabel="predicted", ylabel="true", title="Test confusion matrix")
-    figure.tight_layout()
+    figure = Figure(figsize=(6, 6), layout="constrained")
+    # Beyond 20 classes the counts no longer fit in their cells.
+    confusion.plot(ax=figure.subplots(), labels=class_names, add_text=len(class_names) <= 20)
+    figure.suptitle("Test confusion matrix")
     return figure
 
 

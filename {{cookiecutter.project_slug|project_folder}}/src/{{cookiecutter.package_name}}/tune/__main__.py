@@ -6,7 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..support.errors import exit_on_user_error, require
+from ..support.errors import exit_in_one_line, require
 from ..support.process import configure_process
 
 RESULTS_ROOT = Path("logs", "tune")
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     previous = {signum: signal.signal(signum, request_stop) for signum in stops}
     configure_process()
     try:
-        with exit_on_user_error():
+        with exit_in_one_line():
             tune(argv)
     except KeyboardInterrupt:
         raise SystemExit(
