@@ -26,20 +26,24 @@ from ..support.errors import ConfigError, exit_in_one_line, require
 from ..support.process import configure_process
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def stop_on_signals() -> None:
     """The first SIGTERM or SIGINT to this process stops the server as Ctrl-C does; later ones
     change nothing. The processes LitServe forks inherit the handler and ignore both signals:
     this process stops them in order (``server.Server``), whoever got the signal."""
-    server_pid, stopping = os.getpid(), []
+    server_pid = os.getpid()
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() == server_pid and not stopping:
-            stopping.append(signum)
+        if os.getpid() == server_pid:
+            # Ignored by the kernel from now on: the interpreter puts back the default
+            # handlers as it exits, and a second signal then would kill this process.
+            for each in STOP_SIGNALS:
+                signal.signal(each, signal.SIG_IGN)
             raise KeyboardInterrupt
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
 
 
