@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 
 from {{ cookiecutter.package_name }}.train import TrainCLI, train
 
@@ -223,3 +224,17 @@ class FailAtTrainStart(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         raise RuntimeError("failing on purpose")
+
+
+def write_png(image: torch.Tensor, path: Path) -> Path:
+    """Save uint8 pixels (channels, height, width) of one or three channels as a PNG file."""
+    pixels = image.permute(1, 2, 0).numpy()
+    Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(path, "PNG")
+    return path
+
+
+def decoded_size(path: Path) -> tuple[int, int]:
+    """Height and width of an image file, once it has been decoded whole."""
+    with Image.open(path) as picture:
+        picture.load()
+        return picture.height, picture.width

@@ -5,9 +5,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Run
+from helpers import Run, write_png
 from serving import Server, running_server
-from torchvision.io import encode_png
 
 pytestmark = pytest.mark.slow
 webdriver = pytest.importorskip("selenium.webdriver", reason='pip install -e ".[dev]" (selenium)')
@@ -65,7 +64,7 @@ def test_a_person_drops_an_image_and_sees_the_answer(
     datamodule.setup("test")
     image = next(iter(datamodule.test_dataloader()))[0][0]
     png = tmp_path / "test-image.png"
-    png.write_bytes(encode_png(image).numpy().tobytes())
+    write_png(image, png)
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     wait = WebDriverWait(browser, 30)

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import Fit, StepValues
-from torchvision.io import decode_png, read_file
+from helpers import Fit, StepValues, decoded_size
 
 PICTURES = ("confusion_matrix.png", "misclassified.png")
 
@@ -31,7 +30,7 @@ def test_logger_by_flag_keeps_the_run_and_its_pictures(
     fit(tmp_path, f"--trainer.logger={logger}", "--trainer.max_epochs=1")
     for name in (*PICTURES, "test_metrics.json", "config.yaml"):
         assert (tmp_path / run_dir / name).is_file(), name
-    assert decode_png(read_file(str(tmp_path / run_dir / PICTURES[0]))).shape[-2:] == (600, 600)
+    assert decoded_size(tmp_path / run_dir / PICTURES[0]) == (600, 600)
 
 
 def test_loggers_get_the_loss_and_learning_rate_of_the_steps_they_write(

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Run, exit_message
+from helpers import Run, exit_message, write_png
 from PIL import Image
 from serving import Answer, Server, multipart, port_is_free, running_server
-from torchvision.io import encode_png
 
 from {{ cookiecutter.package_name }} import TEMPLATE_VERSION
 from {{ cookiecutter.package_name }}.inference import serve
@@ -49,7 +48,7 @@ def image_files(trained: Run, tmp_path_factory: pytest.TempPathFactory) -> list[
     folder = tmp_path_factory.mktemp("images")
     paths = [folder / f"{index:02d}.png" for index in range(len(images))]
     for image, path in zip(images, paths, strict=True):
-        path.write_bytes(encode_png(image).numpy().tobytes())
+        write_png(image, path)
     for index, image_format in ((0, "GIF"), (1, "WEBP")):
         with Image.open(paths[index]) as picture:
             picture.save(

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import Fit, Run
-from torchvision.io import decode_png, read_file, write_png
+from helpers import Fit, Run, decoded_size, write_png
 
 from {{ cookiecutter.package_name }}.inference.classifier import load_classifier
 from {{ cookiecutter.package_name }}.inference.predict import main, predict
@@ -100,8 +99,7 @@ def test_checkpoints_keep_the_data_facts_and_load_weights_only(trained: Run) -> 
 
 def test_test_report_pictures_decode(trained: Run) -> None:
     for name in ("confusion_matrix.png", "misclassified.png"):
-        image = decode_png(read_file(str(trained.log_dir / name)))
-        assert image.shape[-2:] == (600, 600), name
+        assert decoded_size(trained.log_dir / name) == (600, 600), name
 
 
 def test_checkpoint_reload_gives_identical_outputs(trained: Run, test_batch: tuple) -> None:
@@ -138,7 +136,7 @@ def test_predict_on_image_files_matches_the_model(
     (folder / "folder.png").mkdir()  # a folder named like an image is searched, not read
     paths = [folder / "a.png", folder / "b.png", folder / "nested" / "c.png"]
     for image, path in zip(images, paths, strict=False):
-        write_png(image, str(path))
+        write_png(image, path)
     (folder / "notes.txt").write_text("not an image")
     output = tmp_path / "predictions.csv"
     main(["--ckpt_path", str(trained.best), "--input", str(folder), "--output", str(output)])
@@ -155,7 +153,7 @@ def test_predict_converts_images_to_the_checkpoint_shape(trained: Run, tmp_path:
     channels, (height, width) = datamodule.channels, datamodule.image_size
     other = 3 if channels == 1 else 1
     picture = torch.full((other, 2 * height + 1, width), 90, dtype=torch.uint8)
-    write_png(picture, str(tmp_path / "x.png"))
+    write_png(picture, tmp_path / "x.png")
     output = tmp_path / "one.csv"
     main(
         [
