@@ -132,7 +132,9 @@ def default_run(
 # Times the parts of one training step in this process (run with the bake's src importable).
 BREAKDOWN = """
 import json, sys, time, torch
+from mnist_lab.support.process import configure_process
 from mnist_lab.train import TrainCLI
+configure_process()  # as the commands do: glibc keeps freed memory, and so on
 size, device = int(sys.argv[2]), torch.device("cuda" if torch.cuda.is_available() else "cpu")
 cli = TrainCLI([f"--data.data_dir={sys.argv[1]}", f"--data.image_size=[{size}, {size}]",
                 "--data.channels=3", "--trainer.logger=false"])

@@ -113,6 +113,7 @@ def test_sbatch_runs_the_users_script_as_lightnings_launcher_does(
     launcher_run: dict,
     tmp_path: Path,
 ) -> None:
+    print(slurm_cluster.run("sinfo", "-N", "-o", "%N %T %c %m", timeout=10).strip())
     script = with_resources(project / "scripts" / "slurm.sbatch", tmp_path)
     job = slurm_cluster.submit([str(script), *data_flags, *FIT], project, env)
     assert slurm_cluster.wait(job, timeout=120) == "COMPLETED", job_output(project, job)
