@@ -129,6 +129,7 @@ def expected_files(options: dict[str, str]) -> set[str]:
         files = (files - {"tests/test_idx_files.py"}) | {
             "tests/test_image_folder.py",
             f"src/{package}/image_cache.py",
+            f"src/{package}/augment.py",
         }
     return files
 
