@@ -165,7 +165,7 @@ def test_sets_above_max_cache_gb_stream_the_same_batches(sample: dict[str, Any])
     for datamodule in (cached, streamed):
         datamodule.setup("fit")
         datamodule.setup("test")
-    assert isinstance(streamed.datasets["train"], data.StreamedImages)
+    assert isinstance(streamed.datasets["train"], data.ImageFiles)
     for split in ("val", "test"):
         assert torch.equal(images_of(streamed, split), images_of(cached, split)), split
         assert torch.equal(labels_of(streamed, split), labels_of(cached, split)), split

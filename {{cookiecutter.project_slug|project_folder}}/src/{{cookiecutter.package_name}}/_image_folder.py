@@ -56,28 +56,12 @@ from .image_cache import (
     read_all,
     save_cache,
 )
-from .inference.images import read_image
+from .inference.images import ImageFiles
 from .support.errors import DatasetError
 from .support.loading import InMemoryImages, batch_loader
 
 # The networks of nets.py pool three times: smaller images leave nothing to classify.
 MIN_IMAGE_SIDE = 8
-
-
-class StreamedImages(Dataset):
-    """Image files decoded when a batch asks for them (in the DataLoader's worker processes)."""
-
-    def __init__(
-        self, paths: list[Path], labels: Tensor, channels: int, image_size: tuple[int, int]
-    ) -> None:
-        self.paths, self.labels = paths, labels
-        self.channels, self.image_size = channels, image_size
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return read_image(self.paths[index], self.channels, self.image_size), self.labels[index]
 
 
 def held_out(labels: Tensor, sizes: list[int], seed: int) -> list[Tensor]:
@@ -327,7 +311,7 @@ class ImageDataModule(pl.LightningDataModule):
         if "images" in self.cache:
             return InMemoryImages(self.cache["images"][indices], labels)
         paths = [self.root / self.cache["paths"][i] for i in indices.tolist()]
-        return StreamedImages(paths, labels, self.channels, self.image_size)
+        return ImageFiles(paths, labels, self.channels, self.image_size)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Augment training batches where they are now: on the training device."""

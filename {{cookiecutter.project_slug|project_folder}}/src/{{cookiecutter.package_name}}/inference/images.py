@@ -6,7 +6,9 @@ its format, colour mode, bit depth and frame count.
 """
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,16 +92,17 @@ def image_paths(path: Path) -> list[Path]:
 
 
 class ImageFiles(Dataset):
-    """Image files decoded on access, each with its path as the source name."""
+    """Image files decoded when a batch asks for them, each with its target (a label, or the
+    name ``predict`` writes)."""
 
-    def __init__(self, paths: list[Path], channels: int, image_size: tuple[int, int]) -> None:
-        self.paths = paths
-        self.channels = channels
-        self.image_size = image_size
+    def __init__(
+        self, paths: list[Path], targets: Sequence, channels: int, image_size: tuple[int, int]
+    ) -> None:
+        self.paths, self.targets = paths, targets
+        self.channels, self.image_size = channels, image_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, str]:
-        path = self.paths[index]
-        return read_image(path, self.channels, self.image_size), str(path)
+    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
+        return read_image(self.paths[index], self.channels, self.image_size), self.targets[index]

@@ -110,9 +110,9 @@ def predict(
     else:
         paths = image_paths(input_path)
         channels, image_size = model.hparams.channels, tuple(model.hparams.image_size)
-        files = ImageFiles(paths, channels, image_size)
-        loader = DataLoader(files, batch_size=batch_size, num_workers=num_workers)
         sources = [str(path) for path in paths]
+        files = ImageFiles(paths, sources, channels, image_size)
+        loader = DataLoader(files, batch_size=batch_size, num_workers=num_workers)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
