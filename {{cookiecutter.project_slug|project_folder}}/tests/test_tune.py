@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -441,3 +442,13 @@ def test_bad_input_is_one_line_and_starts_no_trial(
     assert str(stopped.value.code).startswith("error: ")
     assert message in str(stopped.value.code) and "\n" not in str(stopped.value.code)
     assert load_trials(storage) == [] and not (workdir / "logs").exists()
+
+
+def test_missing_extra_is_named_in_one_line(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as without the tune extra
+    with pytest.raises(SystemExit) as stopped:
+        main([f"--storage=sqlite:///{workdir / 'study.db'}"])
+    assert stopped.value.code == (
+        'error: the search needs optuna, which is not installed: pip install -e ".[tune]"'
+    )
+    assert not (workdir / "study.db").exists() and not (workdir / "logs").exists()

@@ -4,6 +4,7 @@ found by name, and written whole.
 Nothing here imports training code: train, predict, export and serve all use it.
 """
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -96,12 +97,9 @@ def check_resume(
 
 
 def plain(value: Any) -> Any:
-    """Tuples as lists, recursively, so values from YAML and from checkpoints compare alike."""
-    if isinstance(value, tuple | list):
-        return [plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    return value
+    """The value as JSON would carry it (tuples as lists, paths as strings), so values from
+    YAML and from checkpoints compare alike."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def planned_steps(trainer: pl.Trainer, datamodule: pl.LightningDataModule) -> int | None:

@@ -3,7 +3,6 @@
 import contextlib
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -16,28 +15,21 @@ def check_output(path: Path) -> None:
         raise OutputError(f"{path} exists and is not a regular file: give another output path")
 
 
-@contextmanager
+@contextlib.contextmanager
 def replaced(path: Path) -> Iterator[IO[bytes]]:
-    """Open a file to write ``path`` through, as ``written_beside`` does."""
-    with written_beside(path) as partial, partial.open("wb") as file:
-        yield file
-
-
-@contextmanager
-def written_beside(path: Path) -> Iterator[Path]:
-    """A path beside ``path`` for a writer to fill; flushed to disk and renamed over ``path``
-    when the block ends without an error, removed when it fails.
+    """A file to write ``path`` through: written beside it, flushed to disk and renamed over
+    ``path`` when the block ends without an error, removed when it fails.
 
     On the same file system a rename is atomic, so a reader, a kill or a power cut never sees
-    half a file; the process id in the name keeps writers in parallel apart. The suffix stays
-    last, for writers that insist on one.
+    half a file; the process id in the name keeps writers in parallel apart.
     """
     check_output(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        yield partial
-        with partial.open("rb+") as file:
+        with partial.open("wb") as file:
+            yield file
+            file.flush()
             os.fsync(file.fileno())
         partial.replace(path)
     except BaseException as error:
