@@ -12,18 +12,29 @@ from bakes import EVERY_OPTION, Bake, bake_suite, package_of, run_in, train_in, 
 # the config alone, and the command-line test below trains with each of those configs. The
 # bake with every wing runs every test of the project; the default bake, the quick check a
 # user's plain `pytest` runs (whatever a left-out wing would have left dangling shows there);
-# the other IDX data set, the tests that read its data.
-DATA_TESTS = [
+# the other IDX data set and the other network, the tests that read its data or name the
+# network's settings.
+OTHER_DATA_AND_NETWORK_TESTS = [
     "tests/test_data_contract.py",
     "tests/test_idx_files.py",
     "tests/test_train_predict.py",
+    "tests/test_config.py",
+    "tests/test_operations.py",
+    "tests/test_tune.py::test_bad_input_is_one_line_and_starts_no_trial",
 ]
 SUITE_VARIANTS = [
     (EVERY_OPTION, ["-m", "slow or not slow"]),
     ({}, []),
     (
-        {"dataset": "fashion_mnist", "logger": "none", "license": "none", "ci": "none"},
-        [*DATA_TESTS, "tests/test_config.py"],
+        {
+            "dataset": "fashion_mnist",
+            "model": "mlp",
+            "tune": "yes",
+            "logger": "none",
+            "license": "none",
+            "ci": "none",
+        },
+        OTHER_DATA_AND_NETWORK_TESTS,
     ),
 ]
 

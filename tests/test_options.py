@@ -212,7 +212,7 @@ def test_a_wing_left_out_leaves_no_trace(bake: Bake) -> None:
 
 
 def test_model_option_only_sets_the_configured_network(bake: Bake) -> None:
-    networks = {"cnn": ("ConvNet", {"width", "dropout"}), "mlp": ("MLP", {"hidden_dim"})}
+    networks = {"cnn": ("ConvNet", {"width", "dropout"}), "mlp": ("MLP", {"hidden_dim", "dropout"})}
     for model, (class_name, settings) in networks.items():
         net = config_of(bake(model=model))["model"]["net"]
         assert net["class_path"] == f"mnist_lab.nets.{class_name}"

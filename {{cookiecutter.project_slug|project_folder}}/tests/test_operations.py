@@ -4,6 +4,7 @@ commands write. Every refusal is one line and changes nothing on disk."""
 import functools
 import hashlib
 import http.server
+import json
 import pathlib
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 from helpers import QUICK_FIT, Fit, Run, exit_message
 
-from {{ cookiecutter.package_name }} import train
+from {{ cookiecutter.package_name }} import nets, train
 from {{ cookiecutter.package_name }}.inference import export, predict
 
 
@@ -24,6 +25,10 @@ class Payload:
 
     def __reduce__(self) -> tuple:
         return pathlib.Path.touch, (self.marker,)
+
+
+# Another network than the default's whichever the bake chose: another class or a narrower MLP.
+NARROW_MLP = {"class_path": f"{nets.__name__}.MLP", "init_args": {"hidden_dim": 8}}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +100,7 @@ def test_asking_for_a_missing_gpu_is_a_one_line_error(data_flags: list[str], wor
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
-        ("--model.net.width=8", "the checkpoint was trained with net"),
+        ("--model.net=" + json.dumps(NARROW_MLP), "the checkpoint was trained with net"),
         ("--model.optimizer=torch.optim.SGD", "the checkpoint was trained with optimizer"),
         ("--model.scheduler=null", "the checkpoint was trained with scheduler"),
         ("--trainer.max_epochs=4", "learning-rate schedule spans"),

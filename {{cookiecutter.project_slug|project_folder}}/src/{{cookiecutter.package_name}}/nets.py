@@ -67,10 +67,12 @@ class MLP(nn.Module):
         num_classes: int,
         image_size: tuple[int, int],
         hidden_dim: int = 128,
+        dropout: float = 0.0,
     ) -> None:
         """
         Args:
             hidden_dim: Width of the hidden layer.
+            dropout: Dropout before the classifier.
         """
         super().__init__()
         height, width = image_size
@@ -78,6 +80,7 @@ class MLP(nn.Module):
             nn.Flatten(),
             nn.Linear(in_channels * height * width, hidden_dim),
             nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
             nn.Linear(hidden_dim, num_classes),
         )
 
