@@ -314,7 +314,8 @@ def test_tune_sbatch_array_shares_one_study(
         rows = list(csv.DictReader(file))
     print(
         "\n".join(
-            f"{row['number']} {row['state']} {row[search['metric']]} {row['worker']}"
+            f"{row['number']} {row['state']} {search['metric']}={row[search['metric']]} "
+            f"lr={row['model.optimizer.init_args.lr']} {row['worker']}"
             for row in rows
         )
     )
