@@ -198,6 +198,7 @@ def test_a_preempted_job_is_requeued_and_finishes_the_run(
     lasts = sorted(run.rglob("last.ckpt"), key=os.path.getmtime)
     final = run_in(project, "-c", LAST_STATE, str(lasts[-1]), env=env)
     global_step, best = final.stdout.split()
+    print(f"optimizer steps {global_step} of {epochs} x {steps_per_epoch}; best {best}")
     assert int(global_step) == epochs * steps_per_epoch
     [summary] = run.rglob("test_metrics.json")
     assert json.loads(summary.read_text())["best_checkpoint"] == best, (
