@@ -245,7 +245,8 @@ def load_cache(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        # Memory-mapped: start-up reads only what the run touches, once.
+        # Memory-mapped: the tensors are the file's pages, read once by the checksum and
+        # shared with training, not a second copy in the process's memory.
         cache = torch.load(path, mmap=True, weights_only=True)
         if cache.pop("checksum", None) == checksum(cache):
             return cache

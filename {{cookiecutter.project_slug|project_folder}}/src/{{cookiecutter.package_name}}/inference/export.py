@@ -13,14 +13,14 @@ it in favour of these.
 """
 
 import argparse
-import io
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import nn
 
 from ..support.errors import exit_in_one_line, require
-from ..support.files import check_output, write_file
+from ..support.files import check_output, replaced
 from ..support.process import configure_process
 from .classifier import load_classifier
 
@@ -31,7 +31,7 @@ def example_and_shapes(model: nn.Module, device: str = "cpu") -> tuple[tuple, di
     return (example,), {"images": {0: torch.export.Dim("batch")}}
 
 
-def to_onnx(model: nn.Module, file: io.BytesIO) -> None:
+def to_onnx(model: nn.Module, file: IO[bytes]) -> None:
     for module in ("onnx", "onnxscript"):
         require(module, extra="export", feature="the onnx format")
     example, shapes = example_and_shapes(model)
@@ -48,12 +48,12 @@ def to_onnx(model: nn.Module, file: io.BytesIO) -> None:
     program.save(file)
 
 
-def to_program(model: nn.Module, file: io.BytesIO) -> None:
+def to_program(model: nn.Module, file: IO[bytes]) -> None:
     example, shapes = example_and_shapes(model)
     torch.export.save(torch.export.export(model, example, dynamic_shapes=shapes), file)
 
 
-def to_aoti(model: nn.Module, file: io.BytesIO) -> None:
+def to_aoti(model: nn.Module, file: IO[bytes]) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     example, shapes = example_and_shapes(model.to(device), device)
     program = torch.export.export(model, example, dynamic_shapes=shapes)
@@ -69,10 +69,8 @@ def export(ckpt_path: Path, export_format: str, output: Path) -> Path:
     model, _ = load_classifier(ckpt_path)
     # Channels-last weights speed up training; saved programs want plain contiguous tensors.
     model = model.to(memory_format=torch.contiguous_format)
-    # In memory first: the file is written only once the whole model is, and written whole.
-    file = io.BytesIO()
-    FORMATS[export_format](model, file)
-    write_file(output, file.getvalue())
+    with replaced(output) as file:  # written whole, or not at all
+        FORMATS[export_format](model, file)
     return output
 
 

@@ -15,12 +15,11 @@ from jsonargparse import Namespace
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from .. import nets
+from ..model import DATA_FACTS
 from .errors import CheckpointError
 from .files import replaced
 
 LAST = "last.ckpt"
-# What the model keeps from the data module (model.DATA_FACTS) and must hold to be ours.
-FACTS = ("class_names", "channels", "image_size", "mean", "std")
 # A fit resumes only with the same data shape, network and optimization as it started with.
 RESUME_MUST_MATCH = ("class_names", "channels", "image_size", "net", "optimizer", "scheduler")
 
@@ -55,7 +54,7 @@ def network_class(path: str | Path, checkpoint: dict[str, Any]) -> tuple[type, d
     loading import other code.
     """
     hparams = checkpoint.get("hyper_parameters", {})
-    missing = [name for name in (*FACTS, "net") if name not in hparams]
+    missing = [name for name in (*DATA_FACTS, "net") if name not in hparams]
     if missing:
         raise CheckpointError(
             f"{path} holds a different model than this project's (no {', '.join(missing)})"
