@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from helpers import Run, exit_message, write_png
 from PIL import Image
-from serving import Answer, Server, multipart, port_is_free, running_server
+from serving import Answer, Server, free_port, multipart, port_is_free, running_server
 
 from {{ cookiecutter.package_name }} import TEMPLATE_VERSION
 from {{ cookiecutter.package_name }}.inference import serve
@@ -205,6 +206,7 @@ def test_a_silent_connection_is_closed(server: Server) -> None:
 
 def test_command_errors_are_one_line(
     server: Server,
+    trained: Run,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -218,6 +220,11 @@ def test_command_errors_are_one_line(
     assert exit_message(serve.main, taken).startswith(
         f"error: port {server.port} of 127.0.0.1 is taken"
     )
+    if not torch.cuda.is_available():
+        no_gpu = ["--ckpt_path", str(trained.best), "--accelerator=cuda", f"--port={free_port()}"]
+        assert exit_message(serve.main, no_gpu) == (
+            "error: --accelerator cuda: this machine has no such device; use auto or cpu"
+        )
     with pytest.raises(SystemExit):
         serve.main(["--ckpt_path", str(missing), "--max_batch_size", "0"])
     assert (

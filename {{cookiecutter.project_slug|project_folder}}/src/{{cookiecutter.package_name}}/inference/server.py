@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import litserve as ls
-import torch
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from litserve.connector import _Connector
 from litserve.transport.factory import TransportConfig
 from litserve.transport.zmq_transport import ZMQTransport
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .. import TEMPLATE_VERSION
+from ..support.errors import ConfigError
 from .api import ImageClassifierAPI
 from .classifier import load_classifier
 from .images import MAX_PIXELS
@@ -138,8 +139,13 @@ def build_server(
     ``max_batch_size`` None: batching on a GPU only. On a CPU, waiting for a batch to fill
     costs more than it saves unless many clients wait at once (the template's benchmark)."""
     model, _ = load_classifier(ckpt_path)
+    connector = _Connector(accelerator, devices)  # the devices LitServe picks for these flags
+    if connector.accelerator != "cpu" and not connector.devices:
+        raise ConfigError(
+            f"--accelerator {accelerator}: this machine has no such device; use auto or cpu"
+        )
     if max_batch_size is None:
-        max_batch_size = 16 if uses_gpu(accelerator) else 1
+        max_batch_size = 1 if connector.accelerator == "cpu" else 16
     class_names = list(model.hparams.class_names)
     # On CPU, the model workers and LitServe's HTTP processes (one per worker) share the cores
     # equally: with more torch threads they take cores from one another (on a busy 2-core
@@ -173,10 +179,3 @@ def build_server(
     routes[:] = [route for route in routes if getattr(route, "path", None) != "/"]
     server.app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
     return server
-
-
-def uses_gpu(accelerator: str) -> bool:
-    """Whether LitServe runs the model on a GPU with this ``--accelerator``."""
-    if accelerator == "auto":
-        return torch.cuda.is_available() or torch.backends.mps.is_available()
-    return accelerator in ("cuda", "mps")
