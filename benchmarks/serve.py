@@ -62,22 +62,6 @@ class Run:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
-    def row(self) -> tuple[str, ...]:
-        cpu = "n/a" if self.cpu_seconds is None else f"{self.cpu_seconds / self.requests * 1e3:.2f}"
-        return (
-            self.server,
-            str(self.concurrency),
-            str(self.requests),
-            f"{self.throughput:.0f}",
-            *(f"{self.percentile_ms(q):.1f}" for q in (0.50, 0.95, 0.99)),
-            str(self.errors),
-            cpu,
-        )
-
-
-HEADER = ("server", "clients", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors")
-HEADER += ("CPU ms/req",)
-
 
 def free_port() -> int:
     with socket.socket() as probe:

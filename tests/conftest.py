@@ -2,7 +2,9 @@
 
 import pytest
 from bakes import TEMPLATE_DIR, Bake
-from slurm_cluster import slurm_cluster  # noqa: F401  (the throw-away cluster, for every module)
+
+# The throw-away Slurm cluster, a fixture of its own module, for the tests that ask for it.
+pytest_plugins = ["slurm_cluster"]
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def parse_key_values(line: str) -> dict[str, str]:
     }
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Distinct TCP ports that are free now (kept bound together so they differ)."""
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
     try:
@@ -136,11 +136,8 @@ class SlurmCluster:
     _daemons: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def start(cls, root: Path, extra_conf: dict[str, str] | None = None) -> "SlurmCluster":
-        """Write the configuration into ``root`` and start the daemons; stop them on failure.
-
-        ``extra_conf`` adds or overrides slurm.conf options (before the node line).
-        """
+    def start(cls, root: Path) -> "SlurmCluster":
+        """Write the configuration into ``root`` and start the daemons; stop them on failure."""
         node = socket.gethostname().split(".")[0]
         cpus = os.cpu_count() or 1
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SLURM_PREFIXES)}
@@ -148,7 +145,7 @@ class SlurmCluster:
         cluster = cls(root=root, env=env, node=node, cpus=cpus, conf=root / "slurm.conf")
         try:
             cluster._start_munged()
-            cluster._write_conf(extra_conf or {})
+            cluster._write_conf()
             cluster._spawn("slurmctld", ["slurmctld", "-D", "-f", str(cluster.conf)])
             cluster._spawn("slurmd", ["slurmd", "-D", "-f", str(cluster.conf), "-N", node])
             cluster._wait_for_idle_node()
@@ -196,20 +193,19 @@ class SlurmCluster:
         """The job's JobState, e.g. PENDING, RUNNING, COMPLETED."""
         return self.info(job_id)["JobState"]
 
-    def wait(self, job_id: str, timeout: float = 60.0, interval: float = 0.25) -> str:
-        """Poll until the job is in a final state and return it.
-
-        A requeued job goes back to PENDING and runs again, so this waits through requeues.
-        """
+    def wait(self, job_id: str, timeout: float = 60.0, interval: float = 0.25) -> list[str]:
+        """Poll until every record of the job (each task of an array) is in a final state, and
+        return their states. A requeued job goes back to PENDING and runs again, so this
+        waits through requeues."""
         deadline = time.monotonic() + timeout
-        while (state := self.state(job_id)) not in FINAL_STATES:
+        while not FINAL_STATES.issuperset(states := self.states(job_id)):
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"job {job_id} still {state} after {timeout}s: {self.info(job_id)}\n"
+                    f"job {job_id} still {states} after {timeout}s: {self.info(job_id)}\n"
                     + self.logs()
                 )
             time.sleep(interval)
-        return state
+        return states
 
     def start_now(self, job_id: str, timeout: float = 60.0) -> None:
         """Let a requeued job run again now rather than after ``cred_expire`` seconds.
@@ -268,12 +264,12 @@ class SlurmCluster:
         """munged's socket; clients find it through AuthInfo in slurm.conf."""
         return self.root / "munge" / "munge.socket"
 
-    def _write_conf(self, extra: dict[str, str]) -> None:
+    def _write_conf(self) -> None:
         """A slurm.conf for this one node that needs no cgroups, database or system paths."""
         for name in ("state", "spool"):
             (self.root / name).mkdir()
         (self.root / "plugstack.conf").write_text("")  # not the system's SPANK plugins
-        ctld_port, slurmd_port = _free_ports(2)
+        ctld_port, slurmd_port = free_ports(2)
         options = {
             "ClusterName": "pytest",
             "SlurmctldHost": f"{self.node}(127.0.0.1)",
@@ -309,7 +305,6 @@ class SlurmCluster:
             "MaxArraySize": "1001",
             "MinJobAge": "600",
             "MailProg": "/bin/true",
-            **extra,
         }
         lines = [f"{key}={value}" for key, value in options.items()]
         lines.append(

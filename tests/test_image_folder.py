@@ -52,9 +52,9 @@ def test_image_folder_bake_has_its_own_data_module_and_tests(project: Path) -> N
 
 @pytest.mark.slow
 def test_image_folder_bake_passes_its_own_tests(project: Path) -> None:
-    # Its quick check, and every export format on its RGB images; the other slow tests (DDP,
-    # signals, servers) do not depend on the data module and run in the bake with every wing.
-    summary = bake_suite(project, "tests", "tests/test_export.py", "-m", "slow or not slow")
+    # Its whole suite, slow tests included: DDP (each process opens the image cache), resume,
+    # the checkpoint writes and every export format run on its RGB images.
+    summary = bake_suite(project, "-m", "slow or not slow")
     assert re.match(r"\d+ passed", summary) and "skipped" not in summary, summary
 
 

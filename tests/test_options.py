@@ -203,12 +203,12 @@ def test_config_files_parse_and_follow_the_answers(baked: tuple[dict[str, str], 
 
 def test_a_wing_left_out_leaves_no_trace(bake: Bake) -> None:
     readme = (bake() / "README.md").read_text()
-    winged = (bake(serve="yes", tune="yes") / "README.md").read_text()
+    winged = (bake(**EVERY_OPTION) / "README.md").read_text()
     for heading, command in (("## Serve", ".inference.serve"), ("## Tune", ".tune ")):
         assert heading not in readme and command not in readme, heading
         assert heading in winged and command in winged, heading
     assert "[serve]" not in (bake(docker="yes") / "Dockerfile").read_text()
-    assert "[serve]" in (bake(docker="yes", serve="yes") / "Dockerfile").read_text()
+    assert "[serve]" in (bake(**EVERY_OPTION) / "Dockerfile").read_text()
 
 
 def test_model_option_only_sets_the_configured_network(bake: Bake) -> None:

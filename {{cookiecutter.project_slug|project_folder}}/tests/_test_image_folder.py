@@ -1,7 +1,7 @@
 """The image-folder loading of data.py: layout, class order, splits, cache, augmentation, errors.
 
 These tests cover data.py as generated; when data.py is replaced by a module for other data,
-they skip, and test_data.py keeps checking what the rest of the project relies on.
+they skip, and test_data_contract.py keeps checking what the rest of the project relies on.
 """
 
 import os
