@@ -50,12 +50,16 @@ def train_in(
     """The bake's train command as a user runs it (its packaged config), on one device: the
     data module's arguments, then ``flags``; with ``run_dir``, runs and logs go there."""
     into_run_dir = [f"--trainer.default_root_dir={run_dir}"] if run_dir else []
-    data_flags = [
+    train = ["-m", f"{package_of(project)}.train", *data_flags(data_args), "--trainer.devices=1"]
+    return run_in(project, *train, *into_run_dir, *flags, **run_args)
+
+
+def data_flags(data_args: dict[str, Any]) -> list[str]:
+    """The train flags that give the data module these arguments."""
+    return [
         f"--data.{name}={value if isinstance(value, str | Path) else json.dumps(value)}"
         for name, value in data_args.items()
     ]
-    train = ["-m", f"{package_of(project)}.train", *data_flags, "--trainer.devices=1"]
-    return run_in(project, *train, *into_run_dir, *flags, **run_args)
 
 
 def write_sample(project: Path, data_dir: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bakes
 import pytest
 import yaml
 from bakes import EVERY_OPTION, Bake, package_of, run_in, write_sample
@@ -40,11 +41,7 @@ def project(bake: Bake) -> Path:
 
 @pytest.fixture(scope="module")
 def data_flags(project: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    data_args = write_sample(project, tmp_path_factory.mktemp("data"))
-    return [
-        f"--data.{name}={json.dumps(value) if not isinstance(value, str) else value}"
-        for name, value in data_args.items()
-    ]
+    return bakes.data_flags(write_sample(project, tmp_path_factory.mktemp("data")))
 
 
 @pytest.fixture(scope="module")
@@ -164,10 +161,11 @@ def test_a_preempted_job_is_requeued_and_finishes_the_run(
     # Lightning saves its requeue checkpoint inside the signal handler, so a signal that finds
     # one process inside a collective and the other outside can hang them (Lightning issue
     # 21406): the signal is sent while both pause after a batch of the second epoch.
-    pause = {"class_path": "helpers.PauseOnce", "init_args": {"epoch": 1, "batch": 3, "seconds": 5}}
+    pause = {"epoch": 1, "batch": 3, "seconds": 5}
+    callbacks = [{"class_path": "pause_once.PauseOnce", "init_args": pause}]
     flags = [f"--trainer.max_epochs={epochs}", "--early_stopping.patience=100"]
-    flags.append(f"--trainer.callbacks={json.dumps([pause])}")
-    job_env = {**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{project / 'tests'}"}
+    flags.append(f"--trainer.callbacks={json.dumps(callbacks)}")
+    job_env = {**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{Path(__file__).parent}"}
     job = slurm_cluster.submit([str(script), *data_flags, *FIT, *flags], project, job_env)
     deadline = time.monotonic() + 120
     while job_output(project, job).count("paused") < 2:

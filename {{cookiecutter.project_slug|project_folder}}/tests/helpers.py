@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -87,6 +88,13 @@ def exit_message(main: Callable[[list[str]], None], argv: list[str]) -> str:
     return message
 
 
+def free_port() -> int:
+    """A TCP port of the loopback interface that is free now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run(
     args: list[str], cwd: Path, env: dict[str, str], **options: Any
 ) -> subprocess.CompletedProcess:
@@ -161,20 +169,6 @@ class PauseForSignal(pl.Callback):
 
     def on_test_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         self._pause_at(trainer, "test", args[3])
-
-
-class PauseOnce(pl.Callback):
-    """In the first run of a job only, at one training batch, print a marker and sleep on
-    every process: a signal sent then finds them all outside a collective."""
-
-    def __init__(self, epoch: int, batch: int, seconds: float) -> None:
-        self.epoch, self.batch, self.seconds = epoch, batch, seconds
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
-        if first_run and (trainer.current_epoch, args[-1]) == (self.epoch, self.batch):
-            print("paused", flush=True)
-            time.sleep(self.seconds)
 
 
 class EpochMetrics(pl.Callback):

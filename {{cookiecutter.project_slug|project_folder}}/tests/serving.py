@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import command
+from helpers import command, free_port
 
 
 @dataclass
@@ -36,12 +36,6 @@ def multipart(fields: dict[str, bytes | str]) -> tuple[bytes, str]:
             head, value = disposition, value.encode()
         body += f"--{boundary}\r\n{head}\r\n\r\n".encode() + value + b"\r\n"
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def port_is_free(port: int) -> bool:

@@ -1,13 +1,12 @@
 """Every file the commands write is the old one or the complete new one: after a kill in the
 middle of a checkpoint write on another file system, and when the disk fills."""
 
-import json
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import QUICK_FIT, callbacks_flag, command, exit_message, mounted_tmpfs
+from helpers import QUICK_FIT, Run, callbacks_flag, command, exit_message, mounted_tmpfs
 
 from {{ cookiecutter.package_name }} import train
 from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
@@ -62,14 +61,10 @@ def test_a_kill_in_the_middle_of_a_checkpoint_write_leaves_the_old_one(
 
 
 def test_a_full_disk_stops_the_fit_in_one_line_and_leaves_no_truncated_checkpoint(
-    data_flags: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained: Run, data_flags: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Learn the size of one checkpoint, then give the run room for two and a bit.
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    monkeypatch.chdir(probe)
-    train.train([*data_flags, *QUICK_FIT, "--trainer.logger=false", "--trainer.max_epochs=1"])
-    size = (probe / "logs" / "checkpoints" / "last.ckpt").stat().st_size
+    # Room for two checkpoints of the same model and a bit.
+    size = (trained.best.parent / "last.ckpt").stat().st_size
     with mounted_tmpfs(tmp_path / "small", 2 * size + 64 * 1024) as small:
         monkeypatch.chdir(small)
         argv = [*data_flags, *QUICK_FIT, "--trainer.logger=false", "--trainer.max_epochs=3"]
@@ -77,5 +72,4 @@ def test_a_full_disk_stops_the_fit_in_one_line_and_leaves_no_truncated_checkpoin
         assert message.startswith("error: cannot write ") and "No space left on device" in message
         written = checkpoints_load(small)  # each one loads: none is truncated
         assert written and not list(small.rglob("*partial*"))
-        summary = small / "logs" / "test_metrics.json"
-        assert not summary.exists() or json.loads(summary.read_text())
+        assert not (small / "logs" / "test_metrics.json").exists()

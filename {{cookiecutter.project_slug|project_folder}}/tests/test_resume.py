@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import command
+from helpers import QUICK_FIT, command
 
 from {{ cookiecutter.package_name }}.data import ImageDataModule
 from {{ cookiecutter.package_name }}.model import ImageClassifier
 from {{ cookiecutter.package_name }}.support.callbacks import BestCheckpoint
+from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
 
 EPOCHS = 3
 # Resuming mid-epoch restarts that epoch's shuffled order, so the two fits see the same
@@ -25,22 +26,15 @@ def train_command(data_flags: list[str], *extra: str) -> list[str]:
     return command(
         "train",
         *data_flags,
+        *QUICK_FIT,
         f"--trainer.max_epochs={EPOCHS}",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
         "--trainer.deterministic=true",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
         *extra,
     )
 
 
 def run_dirs(workdir: Path) -> list[Path]:
     return sorted(path.parent.parent for path in workdir.glob("logs/**/checkpoints/last.ckpt"))
-
-
-def load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def best_model_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +99,9 @@ def test_sigterm_leaves_a_run_that_resumes_to_the_same_end(
     final_weights = {}
 
     def keep_final_weights() -> None:  # before a stop during the test, last.ckpt is final
-        final_weights.update(load(tmp_path / run_dirs(tmp_path)[0] / "checkpoints/last.ckpt"))
+        final_weights.update(
+            read_checkpoint(tmp_path / run_dirs(tmp_path)[0] / "checkpoints/last.ckpt")
+        )
 
     pause_flag = f"--trainer.callbacks={json.dumps([pause])}"
     output = interrupt(
@@ -116,7 +112,7 @@ def test_sigterm_leaves_a_run_that_resumes_to_the_same_end(
     )
     [run_dir] = run_dirs(tmp_path)
     last = run_dir / "checkpoints" / "last.ckpt"
-    stopped = load(last)
+    stopped = read_checkpoint(last)
     if stage == "train":  # saved where the step stopped, mid-epoch
         assert (stopped["epoch"], stopped["global_step"]) == (1, steps_per_epoch + 4)
     elif stage == "validate":  # validation cannot resume halfway: the previous epoch end
@@ -137,7 +133,7 @@ def test_sigterm_leaves_a_run_that_resumes_to_the_same_end(
     )
     assert f"resuming from {last.relative_to(tmp_path)}" in resumed.stdout
     assert run_dirs(tmp_path) == [run_dir], "the resumed run must continue in the same folder"
-    finished = load(last)
+    finished = read_checkpoint(last)
     assert finished["global_step"] == EPOCHS * steps_per_epoch
     # The best model of the whole run: as good as the best before the stop, and the same
     # checkpoint unless a later epoch beat it.

@@ -10,6 +10,7 @@ import torch
 from helpers import Fit, Run, decoded_size, write_png
 
 from {{ cookiecutter.package_name }}.inference.classifier import load_classifier
+from {{ cookiecutter.package_name }}.inference.images import read_image
 from {{ cookiecutter.package_name }}.inference.predict import main, predict
 from {{ cookiecutter.package_name }}.model import ImageClassifier
 from {{ cookiecutter.package_name }}.support.checkpoints import planned_steps
@@ -166,7 +167,15 @@ def test_predict_converts_images_to_the_checkpoint_shape(trained: Run, tmp_path:
         ]
     )
     [row] = read_rows(output)
-    assert row["class_name"] in datamodule.class_names
+    model, _ = load_classifier(trained.best)
+    with torch.no_grad():  # the model's answer on the image converted to its input shape
+        expected = int(
+            model(read_image(tmp_path / "x.png", channels, (height, width))[None]).argmax()
+        )
+    assert (row["class_index"], row["class_name"]) == (
+        str(expected),
+        datamodule.class_names[expected],
+    )
 
 
 def test_bad_checkpoints_are_refused(trained: Run, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import optuna
 import pytest
 import pytorch_lightning as pl
 import yaml
-from helpers import QUICK_FIT, command, run
+from helpers import QUICK_FIT, command, exit_message, free_port, run
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -204,17 +203,16 @@ def test_sigterm_stops_the_search_in_one_line_and_a_rerun_finishes_exactly_n_tri
     # its garbage (automatic collection off, so that this is when): no second trial starts.
     gc.disable()
     try:
-        with pytest.raises(SystemExit) as stopped:
-            main([*arguments, callback("SignalAfterTrial", trial=0)])
+        assert (
+            exit_message(main, [*arguments, callback("SignalAfterTrial", trial=0)]) == INTERRUPTED
+        )
     finally:
         gc.enable()
-    assert str(stopped.value.code) == INTERRUPTED
     assert [trial.state for trial in load_trials(storage)] == [TrialState.COMPLETE]
 
     # SIGTERM while the next trial trains: that trial is marked failed.
-    with pytest.raises(SystemExit) as stopped:
-        main([*arguments, callback("SignalInTrial", trial=1, signum="SIGTERM")])
-    assert str(stopped.value.code) == INTERRUPTED
+    stopped = exit_message(main, [*arguments, callback("SignalInTrial", trial=1, signum="SIGTERM")])
+    assert stopped == INTERRUPTED
     assert [trial.state for trial in load_trials(storage)] == [TrialState.COMPLETE, TrialState.FAIL]
     assert [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)] == handlers
 
@@ -301,9 +299,7 @@ def postgresql_url() -> Iterator[str]:
             shutil.chown(folder, "postgres")
         initdb = [*as_server, str(folders[0] / "initdb"), "-D", str(data), "-A", "trust"]
         subprocess.run([*initdb, "-U", "postgres"], check=True, capture_output=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         options = f"-k {folder} -p {port} -h 127.0.0.1"
         start = [*pg_ctl, "-o", options, "-l", str(folder / "server.log"), "-w", "start"]
         subprocess.run(start, check=True, capture_output=True)
@@ -437,18 +433,15 @@ def test_bad_input_is_one_line_and_starts_no_trial(
     storage = f"sqlite:///{workdir / 'study.db'}"
     optuna.create_study(study_name="test", storage=storage, direction="minimize")
     search = write_search(workdir, **fields)
-    with pytest.raises(SystemExit) as stopped:
-        main([f"--search={search}", f"--storage={storage}", *data_flags, *TRIAL_FLAGS, *extra])
-    assert str(stopped.value.code).startswith("error: ")
-    assert message in str(stopped.value.code) and "\n" not in str(stopped.value.code)
+    argv = [f"--search={search}", f"--storage={storage}", *data_flags, *TRIAL_FLAGS, *extra]
+    stopped = exit_message(main, argv)
+    assert stopped.startswith("error: ") and message in stopped
     assert load_trials(storage) == [] and not (workdir / "logs").exists()
 
 
 def test_missing_extra_is_named_in_one_line(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "optuna", None)  # as without the tune extra
-    with pytest.raises(SystemExit) as stopped:
-        main([f"--storage=sqlite:///{workdir / 'study.db'}"])
-    assert stopped.value.code == (
+    assert exit_message(main, [f"--storage=sqlite:///{workdir / 'study.db'}"]) == (
         'error: the search needs optuna, which is not installed: pip install -e ".[tune]"'
     )
     assert not (workdir / "study.db").exists() and not (workdir / "logs").exists()
