@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import QUICK_FIT, command
+from helpers import QUICK_FIT, callbacks_flag, command
 
 from {{ cookiecutter.package_name }}.data import ImageDataModule
 from {{ cookiecutter.package_name }}.model import ImageClassifier
@@ -103,7 +103,7 @@ def test_sigterm_leaves_a_run_that_resumes_to_the_same_end(
             read_checkpoint(tmp_path / run_dirs(tmp_path)[0] / "checkpoints/last.ckpt")
         )
 
-    pause_flag = f"--trainer.callbacks={json.dumps([pause])}"
+    pause_flag = callbacks_flag(pause)
     output = interrupt(
         train_command(data_flags, pause_flag),
         tmp_path,

@@ -1,28 +1,22 @@
 """Seeded fits reproduce exactly; a diverging fit stops without saving the broken model; a
 fit that fails before its first step leaves nothing that looks resumable."""
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import EpochMetrics, Fit
+from helpers import EpochMetrics, FailAtTrainStart, Fit, PoisonWeights
 
 from {{ cookiecutter.package_name }}.support.errors import NonFiniteLossError
 
 
 def test_same_seed_and_deterministic_give_identical_epochs(fit: Fit, tmp_path: Path) -> None:
-    record = json.dumps([{"class_path": "helpers.EpochMetrics"}])
     runs = []
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
-        cli = fit(
-            tmp_path / name,
-            "--trainer.deterministic=true",
-            "--seed_everything=7",
-            f"--trainer.callbacks={record}",
-        )
-        [metrics] = [c for c in cli.trainer.callbacks if isinstance(c, EpochMetrics)]
+        metrics = EpochMetrics()
+        flags = ["--trainer.deterministic=true", "--seed_everything=7"]
+        cli = fit(tmp_path / name, *flags, callbacks=[metrics])
         runs.append((metrics.history, cli.model.state_dict()))
     (first_history, first_weights), (second_history, second_weights) = runs
     assert len(first_history) == 2 and "val/loss" in first_history[0]
@@ -34,9 +28,8 @@ def test_non_finite_loss_stops_the_fit_and_saves_no_broken_checkpoint(
     fit: Fit, tmp_path: Path, steps_per_epoch: int
 ) -> None:
     step = steps_per_epoch + 4
-    poison = {"class_path": "helpers.PoisonWeights", "init_args": {"step": step}}
     with pytest.raises(NonFiniteLossError, match=f"the training loss became nan at step {step}"):
-        fit(tmp_path, f"--trainer.callbacks={json.dumps([poison])}")
+        fit(tmp_path, callbacks=[PoisonWeights(step)])
     checkpoints = sorted(tmp_path.glob("logs/**/*.ckpt"))
     assert {path.name for path in checkpoints} >= {"last.ckpt"}
     assert any(path.name.startswith("epoch00-") for path in checkpoints)
@@ -51,9 +44,8 @@ def test_non_finite_loss_stops_the_fit_and_saves_no_broken_checkpoint(
 def test_failure_before_the_first_step_leaves_no_checkpoint(
     fit: Fit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fail = {"class_path": "helpers.FailAtTrainStart"}
     with pytest.raises(RuntimeError, match="failing on purpose"):
-        fit(tmp_path, f"--trainer.callbacks={json.dumps([fail])}")
+        fit(tmp_path, callbacks=[FailAtTrainStart()])
     assert not list(tmp_path.glob("logs/**/*.ckpt"))
     captured = capsys.readouterr()
     assert "resume" not in captured.out + captured.err

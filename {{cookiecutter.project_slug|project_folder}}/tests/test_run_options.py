@@ -37,14 +37,10 @@ def test_loggers_get_the_loss_and_learning_rate_of_the_steps_they_write(
     fit: Fit, tmp_path: Path
 ) -> None:
     every = 3
-    record = json.dumps([{"class_path": "helpers.StepValues"}])
-    cli = fit(
-        tmp_path,
-        f"--trainer.logger={CSV_LOGGER}",
-        f"--trainer.log_every_n_steps={every}",
-        f"--trainer.callbacks={record}",
-    )
-    [recorded] = [c.values for c in cli.trainer.callbacks if isinstance(c, StepValues)]
+    steps = StepValues()
+    flags = [f"--trainer.logger={CSV_LOGGER}", f"--trainer.log_every_n_steps={every}"]
+    cli = fit(tmp_path, *flags, callbacks=[steps])
+    recorded = steps.values
     with (tmp_path / "csv/by-flag/version_0/metrics.csv").open(newline="") as file:
         rows = [row for row in csv.DictReader(file) if row["train/loss"]]
     logged = {int(row["step"]): (float(row["train/loss"]), float(row["train/lr"])) for row in rows}

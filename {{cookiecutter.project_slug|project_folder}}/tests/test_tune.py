@@ -21,7 +21,7 @@ import optuna
 import pytest
 import pytorch_lightning as pl
 import yaml
-from helpers import QUICK_FIT, command, exit_message, free_port, run
+from helpers import QUICK_FIT, callbacks_flag, command, exit_message, free_port, run
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -123,8 +123,7 @@ def load_trials(storage: str) -> list[FrozenTrial]:
 
 
 def callback(name: str, **arguments: Any) -> str:
-    spec = {"class_path": f"test_tune.{name}", "init_args": arguments}
-    return f"--trainer.callbacks={json.dumps([spec])}"
+    return callbacks_flag({"class_path": f"test_tune.{name}", "init_args": arguments})
 
 
 def test_shipped_search_space_is_searchable_in_the_default_config(data_flags: list[str]) -> None:
