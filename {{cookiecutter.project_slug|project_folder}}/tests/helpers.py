@@ -2,6 +2,7 @@
 class path, ``helpers.<Name>``, so that subprocesses can load them too)."""
 
 import contextlib
+import csv
 import io
 import json
 import math
@@ -86,6 +87,12 @@ def exit_message(main: Callable[[list[str]], None], argv: list[str]) -> str:
     message = str(exit_info.value.code)
     assert "\n" not in message, message
     return message
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as dicts."""
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
 
 
 def free_port() -> int:

@@ -1,7 +1,6 @@
 """DDP over two CPU processes (gloo): metrics of every image counted once across ranks, files
 written once."""
 
-import csv
 import json
 import subprocess
 from pathlib import Path
@@ -9,18 +8,13 @@ from typing import Any
 
 import pytest
 import pytorch_lightning as pl
-from helpers import command
+from helpers import command, read_rows
 
 from {{ cookiecutter.package_name }}.data import ImageDataModule
 from {{ cookiecutter.package_name }}.inference.classifier import load_classifier
 from {{ cookiecutter.package_name }}.inference.predict import predict
 
 TWO_CPU_PROCESSES = ["--accelerator=cpu", "--devices=2"]
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
 
 
 @pytest.mark.slow

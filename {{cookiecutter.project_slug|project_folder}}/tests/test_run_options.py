@@ -1,12 +1,11 @@
 """Pieces switched by flag keep the run working: other loggers or none, how often they
 write, fast_dev_run."""
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
-from helpers import Fit, StepValues, decoded_size
+from helpers import Fit, StepValues, decoded_size, read_rows
 
 PICTURES = ("confusion_matrix.png", "misclassified.png")
 
@@ -41,8 +40,8 @@ def test_loggers_get_the_loss_and_learning_rate_of_the_steps_they_write(
     flags = [f"--trainer.logger={CSV_LOGGER}", f"--trainer.log_every_n_steps={every}"]
     cli = fit(tmp_path, *flags, callbacks=[steps])
     recorded = steps.values
-    with (tmp_path / "csv/by-flag/version_0/metrics.csv").open(newline="") as file:
-        rows = [row for row in csv.DictReader(file) if row["train/loss"]]
+    rows = read_rows(tmp_path / "csv/by-flag/version_0/metrics.csv")
+    rows = [row for row in rows if row["train/loss"]]
     logged = {int(row["step"]): (float(row["train/loss"]), float(row["train/lr"])) for row in rows}
     written = [step for step in range(cli.trainer.global_step) if (step + 1) % every == 0]
     assert sorted(logged) == written

@@ -6,7 +6,6 @@ tests hold for any ``data.py`` whose images have one or three channels.
 """
 
 import base64
-import csv
 import http.client
 import io
 import json
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import Run, exit_message, write_png
+from helpers import Run, exit_message, read_rows, write_png
 from PIL import Image
 from serving import Answer, Server, free_port, multipart, port_is_free, running_server
 
@@ -65,8 +64,7 @@ def expected(
     """The predict command's CSV row for each image file, by the file's contents."""
     output = tmp_path_factory.mktemp("predict") / "predictions.csv"
     predict(trained.best, image_files[0].parent, output, accelerator="cpu")
-    with output.open(newline="") as file:
-        rows = list(csv.DictReader(file))
+    rows = read_rows(output)
     assert [row["source"] for row in rows] == [str(path) for path in image_files]
     return {path.read_bytes(): row for path, row in zip(image_files, rows, strict=True)}
 

@@ -1,13 +1,12 @@
 """A short real fit on the data module's sample, its checkpoints, and predictions from them."""
 
-import csv
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import Fit, Run, decoded_size, write_png
+from helpers import Fit, Run, decoded_size, read_rows, write_png
 
 from {{ cookiecutter.package_name }}.inference.classifier import load_classifier
 from {{ cookiecutter.package_name }}.inference.images import read_image
@@ -30,11 +29,6 @@ def probabilities(checkpoint: Path, images: torch.Tensor) -> torch.Tensor:
     model, _ = load_classifier(checkpoint)
     with torch.no_grad():
         return model(images).softmax(dim=1)
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def accuracy(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:

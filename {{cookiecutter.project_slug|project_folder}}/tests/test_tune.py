@@ -2,7 +2,6 @@
 or killed search continues to exactly n_trials, workers share a study in every kind of
 storage, and bad input stops the search in one line before any trial."""
 
-import csv
 import gc
 import json
 import os
@@ -21,7 +20,7 @@ import optuna
 import pytest
 import pytorch_lightning as pl
 import yaml
-from helpers import QUICK_FIT, callbacks_flag, command, exit_message, free_port, run
+from helpers import QUICK_FIT, callbacks_flag, command, exit_message, free_port, read_rows, run
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -162,8 +161,7 @@ def test_weak_trial_is_pruned_best_yaml_retrains_the_best_and_no_trial_is_resume
     assert json.loads(summary.read_text())["test/acc"] == pytest.approx(good.user_attrs["test/acc"])
 
     results = workdir / "logs" / "tune" / "test"
-    with (results / "trials.csv").open(newline="") as file:
-        rows = list(csv.DictReader(file))
+    rows = read_rows(results / "trials.csv")
     assert [(row["number"], row["state"], row["epochs"]) for row in rows] == [
         ("0", "COMPLETE", "2"),
         ("1", "PRUNED", "1"),
