@@ -11,8 +11,8 @@ from jinja2.ext import Extension
 REFUSED_SLUG_FOLDER = ".refused-project-slug"
 
 
-# A slug this long is refused by the hook; as a folder name it could exceed the file
-# system's limit before the hook runs. Keep in step with MAX_SLUG_LENGTH in the hook.
+# A slug this long is refused by the hook (which reads it from here, as `max_slug_length`); as
+# a folder name it could exceed the file system's limit before the hook runs.
 MAX_SLUG_LENGTH = 64
 
 
@@ -32,3 +32,4 @@ class TemplateFilters(Extension):
         super().__init__(environment)
         environment.filters["project_folder"] = project_folder
         environment.filters["quoted"] = quoted
+        environment.globals["max_slug_length"] = MAX_SLUG_LENGTH

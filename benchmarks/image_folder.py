@@ -112,7 +112,7 @@ def images_per_second(
         f"--trainer.limit_train_batches={batches}",
         "--trainer.limit_val_batches=5",
         "--trainer.limit_test_batches=5",
-        f"--trainer.callbacks={json.dumps([callback])}",
+        f"--trainer.callbacks+={json.dumps([callback])}",
         *flags,
     )
     subprocess.run(train, cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)

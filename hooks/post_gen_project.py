@@ -56,6 +56,7 @@ def choose_data_module() -> None:
     folder_files = {
         PACKAGE / "_image_folder.py": PACKAGE / "data.py",
         PACKAGE / "_image_cache.py": PACKAGE / "image_cache.py",
+        PACKAGE / "_image_files.py": PACKAGE / "image_files.py",
         PACKAGE / "_augment.py": PACKAGE / "augment.py",
         Path("tests", "_test_image_folder.py"): Path("tests", "test_image_folder.py"),
     }

@@ -47,7 +47,8 @@ TAKEN_NAMES = {"test", "tests"} | {
 }
 # Longer names make file names and import lines too long to read (and to lint clean).
 MAX_PACKAGE_LENGTH = 40
-MAX_SLUG_LENGTH = 64
+# Set where the template turns unsafe slugs into a throw-away folder (local_extensions.py).
+MAX_SLUG_LENGTH = {{ max_slug_length }}
 
 # The distribution-name rule of the Python packaging specifications.
 SLUG_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")

@@ -1,6 +1,7 @@
 """Every option value bakes into exactly its files, fully rendered and lint-clean."""
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -61,15 +62,17 @@ PACKAGE_FILES = {
     "inference/__init__.py",
     "inference/classifier.py",
     "inference/export.py",
-    "inference/images.py",
     "inference/predict.py",
-    "support/callbacks.py",
     "support/checkpoints.py",
     "support/errors.py",
     "support/files.py",
+    "support/images.py",
     "support/loading.py",
     "support/process.py",
-    "support/report.py",
+    "training/callbacks.py",
+    "training/report.py",
+    "training/resume.py",
+    "training/runs.py",
 }
 
 # The files of the two wings, in the package and beside it.
@@ -129,6 +132,7 @@ def expected_files(options: dict[str, str]) -> set[str]:
         files = (files - {"tests/test_idx_files.py"}) | {
             "tests/test_image_folder.py",
             f"src/{package}/image_cache.py",
+            f"src/{package}/image_files.py",
             f"src/{package}/augment.py",
         }
     return files
@@ -201,14 +205,42 @@ def test_config_files_parse_and_follow_the_answers(baked: tuple[dict[str, str], 
         assert any(step.get("run", "").startswith("pytest") for step in steps)
 
 
-def test_a_wing_left_out_leaves_no_trace(bake: Bake) -> None:
-    readme = (bake() / "README.md").read_text()
-    winged = (bake(**EVERY_OPTION) / "README.md").read_text()
-    for heading, command in (("## Serve", ".inference.serve"), ("## Tune", ".tune ")):
-        assert heading not in readme and command not in readme, heading
-        assert heading in winged and command in winged, heading
-    assert "[serve]" not in (bake(docker="yes") / "Dockerfile").read_text()
-    assert "[serve]" in (bake(**EVERY_OPTION) / "Dockerfile").read_text()
+# What belongs to one wing: its modules, commands, extras and the words for what it does. A
+# bake without the wing must mention none of them, anywhere in its files.
+WING_MENTIONS = {
+    "serve": re.compile(
+        r"LitServe|FastAPI|uvicorn|\bserv(e|es|ed|ing|ers)\b|page\.html|\[serve\]"
+    ),
+    "tune": re.compile(
+        r"Optuna|(?<!fine-)\btun(e|es|ed|ing)\b|\bsearch(es)?\b|\btrials?\b|\[tune\]"
+    ),
+}
+
+
+def wing_mentions(project: Path, wing: str) -> list[str]:
+    """Every line of the bake's text files that mentions ``wing``, as file:line: text."""
+    found = []
+    for name in sorted(baked_files(project)):
+        if name.endswith(".png"):
+            continue
+        lines = (project / name).read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, 1):
+            if WING_MENTIONS[wing].search(line):
+                found.append(f"{name}:{number}: {line.strip()}")
+    return found
+
+
+@pytest.mark.parametrize(
+    "wings", [{}, {"serve": "yes"}, {"tune": "yes"}, {"docker": "yes"}], ids=option_id
+)
+def test_no_bake_mentions_a_wing_it_does_not_have(bake: Bake, wings: dict[str, str]) -> None:
+    project = bake(**wings)
+    for wing in WING_MENTIONS:
+        mentions = wing_mentions(project, wing)
+        if wings.get(wing) == "yes":
+            assert mentions, f"the {wing} wing is chosen but never mentioned"
+        else:
+            assert not mentions, f"a bake without {wing} mentions it:\n" + "\n".join(mentions)
 
 
 def test_model_option_only_sets_the_configured_network(bake: Bake) -> None:

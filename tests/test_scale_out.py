@@ -164,7 +164,7 @@ def test_a_preempted_job_is_requeued_and_finishes_the_run(
     pause = {"epoch": 1, "batch": 3, "seconds": 5}
     callbacks = [{"class_path": "pause_once.PauseOnce", "init_args": pause}]
     flags = [f"--trainer.max_epochs={epochs}", "--early_stopping.patience=100"]
-    flags.append(f"--trainer.callbacks={json.dumps(callbacks)}")
+    flags.append(f"--trainer.callbacks+={json.dumps(callbacks)}")
     job_env = {**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{Path(__file__).parent}"}
     job = slurm_cluster.submit([str(script), *data_flags, *FIT, *flags], project, job_env)
     deadline = time.monotonic() + 120

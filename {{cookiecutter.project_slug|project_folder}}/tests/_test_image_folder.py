@@ -16,7 +16,7 @@ import torch
 from helpers import Fit, mounted_tmpfs
 from PIL import Image
 
-from {{ cookiecutter.package_name }} import data
+from {{ cookiecutter.package_name }} import data, image_cache
 from {{ cookiecutter.package_name }}.support.errors import DatasetError
 
 if not hasattr(data, "held_out"):
@@ -126,8 +126,8 @@ def test_second_start_reads_the_cache_and_a_changed_folder_is_read_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads = []
-    read_all = data.read_all
-    monkeypatch.setattr(data, "read_all", lambda *args: reads.append(1) or read_all(*args))
+    read_all = image_cache.read_all
+    monkeypatch.setattr(image_cache, "read_all", lambda *args: reads.append(1) or read_all(*args))
     root = write_tree(tmp_path, {"train": {"a": 4, "b": 4}})
     first = module(root, val_size=2, test_size=2)
     [cache] = (root / ".cache").glob("*.pt")

@@ -47,7 +47,8 @@ def as_flags(section: str, values: dict[str, Any]) -> list[str]:
 
 
 def callbacks_flag(*callbacks: dict[str, Any]) -> str:
-    return f"--trainer.callbacks={json.dumps(list(callbacks))}"
+    # Appended to the config's own callbacks, which keep running.
+    return f"--trainer.callbacks+={json.dumps(list(callbacks))}"
 
 
 def quick_fit(data_flags: list[str]) -> Fit:

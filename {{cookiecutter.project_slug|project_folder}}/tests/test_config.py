@@ -56,7 +56,7 @@ def test_data_section_states_the_data_module_defaults() -> None:
     parameters = inspect.signature(ImageDataModule).parameters
     if not set(section) <= set(parameters):
         pytest.skip("the data: section of configs/default.yaml is for another data module")
-    # Chosen by the file: the code has no augmentation by default (see data.py).
+    # An augmentation is the config's choice: a data module's signature defaults to none.
     section.pop("augment", None)
     defaults = {
         name: list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default

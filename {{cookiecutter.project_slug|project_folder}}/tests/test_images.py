@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from {{ cookiecutter.package_name }}.inference.images import PILLOW_MODES, decode
 from {{ cookiecutter.package_name }}.support.errors import ImageError
+from {{ cookiecutter.package_name }}.support.images import PILLOW_MODES, decode
 
 FORMATS = ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"]
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"]

@@ -13,8 +13,8 @@ from helpers import QUICK_FIT, callbacks_flag, command
 
 from {{ cookiecutter.package_name }}.data import ImageDataModule
 from {{ cookiecutter.package_name }}.model import ImageClassifier
-from {{ cookiecutter.package_name }}.support.callbacks import BestCheckpoint
 from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
+from {{ cookiecutter.package_name }}.training.callbacks import BestCheckpoint
 
 EPOCHS = 3
 # Resuming mid-epoch restarts that epoch's shuffled order, so the two fits see the same

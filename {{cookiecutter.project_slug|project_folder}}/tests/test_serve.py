@@ -27,8 +27,8 @@ from serving import Answer, Server, free_port, multipart, port_is_free, running_
 
 from {{ cookiecutter.package_name }} import TEMPLATE_VERSION
 from {{ cookiecutter.package_name }}.inference import serve
-from {{ cookiecutter.package_name }}.inference.images import MAX_PIXELS
 from {{ cookiecutter.package_name }}.inference.predict import predict
+from {{ cookiecutter.package_name }}.support.images import MAX_PIXELS
 
 pytestmark = pytest.mark.slow
 

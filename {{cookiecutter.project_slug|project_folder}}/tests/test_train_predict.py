@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import Fit, Run, decoded_size, read_rows, write_png
+from helpers import QUICK_FIT, Fit, Run, decoded_size, read_rows, write_png
 
 from {{ cookiecutter.package_name }}.inference.classifier import load_classifier
-from {{ cookiecutter.package_name }}.inference.images import read_image
 from {{ cookiecutter.package_name }}.inference.predict import main, predict
-from {{ cookiecutter.package_name }}.model import ImageClassifier
-from {{ cookiecutter.package_name }}.support.checkpoints import planned_steps
+from {{ cookiecutter.package_name }}.model import ImageClassifier, schedule_basis
+from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
 from {{ cookiecutter.package_name }}.support.errors import CheckpointError
+from {{ cookiecutter.package_name }}.support.images import read_image
+from {{ cookiecutter.package_name }}.train import TrainCLI
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +73,16 @@ def test_logged_metrics_are_the_models_on_each_whole_split(fit: Fit, tmp_path: P
     assert summary["test/loss"] == pytest.approx(float(loss), abs=1e-5), "a mean over images"
 
 
-def test_the_schedule_is_planned_before_the_fit_as_lightning_plans_it(
-    fit: Fit, tmp_path: Path
+def test_a_fit_records_the_schedule_basis_a_resume_computes_before_its_fit(
+    fit: Fit, data_flags: list[str], tmp_path: Path
 ) -> None:
     flags = ["--trainer.accumulate_grad_batches=3", "--trainer.limit_train_batches=0.7"]
     cli = fit(tmp_path, *flags, "--trainer.max_epochs=1")
-    assert planned_steps(cli.trainer, cli.datamodule) == cli.trainer.estimated_stepping_batches
+    recorded = read_checkpoint(tmp_path / cli.config_init["checkpoint"].best_model_path)
+    again = TrainCLI([*data_flags, *QUICK_FIT, *flags, "--trainer.max_epochs=1"])
+    again.datamodule.setup("fit")
+    assert recorded["schedule_basis"] == schedule_basis(again.trainer, again.datamodule)
+    assert recorded["schedule_basis"]["trainer.accumulate_grad_batches"] == 3
 
 
 def test_checkpoints_keep_the_data_facts_and_load_weights_only(trained: Run) -> None:
@@ -186,5 +191,5 @@ def test_bad_checkpoints_are_refused(trained: Run, tmp_path: Path) -> None:
     checkpoint = torch.load(trained.best, map_location="cpu", weights_only=True)
     checkpoint["hyper_parameters"]["net"] = {"class_path": "torch.nn.Identity", "init_args": {}}
     torch.save(checkpoint, tmp_path / "crafted.ckpt")
-    with pytest.raises(CheckpointError, match=r"names the network 'torch\.nn\.Identity'"):
+    with pytest.raises(CheckpointError, match=r"the network 'torch\.nn\.Identity' is not one of"):
         load_classifier(tmp_path / "crafted.ckpt")

@@ -1,5 +1,5 @@
-"""A folder of images, read once: its layout, the sizes ``auto`` picks, every file decoded and
-checked, and the cache of the decoded images that later runs start from (see data.py)."""
+"""An image folder read once: the sizes ``auto`` picks, every file decoded and checked, and
+the cache of the decoded images that later runs start from (see data.py)."""
 
 import hashlib
 import json
@@ -17,104 +17,16 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .inference.images import IMAGE_SUFFIXES, decode
 from .support.errors import DatasetError, OutputError
 from .support.files import replaced, write_file
+from .support.images import decode
 
-SPLITS = ("train", "val", "test")
-# Part of every cache's key: raise it when decoding changes, so old caches are not reused.
+# Part of every cache's name: raise it when decoding changes, so old caches are not reused.
 CACHE_VERSION = 2
 # `image_size: auto` takes the most common size, scaled down to fit this: larger images make
 # a small CNN slow and rarely help it on a few thousand images.
 MAX_AUTO_SIDE = 128
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-
-
-def class_folders(folder: Path) -> list[str]:
-    """Names of the class folders in ``folder``, sorted; hidden ones (.ipynb_checkpoints) aside."""
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def list_images(root: Path) -> tuple[list[str], list[Path], list[int], list[int]]:
-    """Class names, and every image file under ``root`` with its label and split index.
-
-    Raises DatasetError for a missing ``train/``, fewer than two classes, an empty class folder,
-    or a ``val/`` or ``test/`` folder whose classes differ from those of ``train/``.
-    """
-    train = root / "train"
-    if not train.is_dir():
-        if not root.is_dir():
-            raise DatasetError(f"data folder {root} does not exist: set --data.data_dir")
-        names = class_folders(root)
-        hint = ""
-        if len(names) >= 2:  # perhaps the class folders were put in data_dir itself
-            listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-            hint = f" (if {listed} are classes, move them there)"
-        raise DatasetError(
-            f"{root} has no train/ folder: put one folder of images per class in {train}{hint}"
-        )
-    class_names = class_folders(train)
-    if len(class_names) < 2:
-        raise DatasetError(
-            f"{train} needs at least two class folders to tell apart, found {len(class_names)}"
-            f"{': ' + class_names[0] if class_names else ''}"
-        )
-    paths, labels, splits, ignored = [], [], [], []
-    for split_index, split in enumerate(SPLITS):
-        folder = root / split
-        if split != "train" and not folder.is_dir():
-            continue
-        names = class_folders(folder)
-        if names != class_names:
-            differences = [
-                f"{where} only: {', '.join(sorted(only))}"
-                for where, only in (
-                    (f"{split}/", set(names) - set(class_names)),
-                    ("train/", set(class_names) - set(names)),
-                )
-                if only
-            ]
-            raise DatasetError(
-                f"the class folders of {folder} differ from those of {train} "
-                f"({'; '.join(differences)}): give both the same classes"
-            )
-        for label, name in enumerate(class_names):
-            files = visible_files(folder / name)
-            found = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
-            if not found:
-                raise DatasetError(
-                    f"class folder {folder / name} holds no images "
-                    f"({', '.join(IMAGE_SUFFIXES)}): add some or remove the folder"
-                )
-            ignored += [path for path in files if path.suffix.lower() not in IMAGE_SUFFIXES]
-            paths += found
-            labels += [label] * len(found)
-            splits += [split_index] * len(found)
-    if ignored:
-        rank_zero_warn(
-            f"ignored {len(ignored)} file(s) without an image suffix "
-            f"({', '.join(IMAGE_SUFFIXES)}), e.g. {ignored[0]}"
-        )
-    return class_names, paths, labels, splits
-
-
-def visible_files(folder: Path) -> list[Path]:
-    """The files under ``folder`` at any depth, sorted, leaving out hidden files and folders."""
-    files = (path for path in folder.rglob("*") if path.is_file())
-    return sorted(
-        path
-        for path in files
-        if not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
-
-
-def listing_key(root: Path, paths: list[Path]) -> str:
-    """What the folder holds: each file's name, size and modification time, hashed."""
-    key = hashlib.sha256(f"{CACHE_VERSION}\n".encode())
-    for path in paths:
-        stat = path.stat()
-        key.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return key.hexdigest()[:20]
 
 
 class Headers(Dataset):
@@ -169,6 +81,72 @@ def in_processes(dataset: Dataset) -> Iterator[Any]:
     workers = (os.cpu_count() or 1) if len(dataset) >= 200 else 0
     for batch in DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=list):
         yield from batch
+
+
+def cached_images(
+    root: Path,
+    paths: list[Path],
+    key: str,
+    labels: Tensor,
+    splits: Tensor,
+    channels: int,
+    image_size: tuple[int, int],
+    cache_dir: Path,
+    max_cache_gb: float,
+) -> dict[str, Any]:
+    """The decoded folder from the cache, or read from the files and saved to it: pixels (when
+    they fit in ``max_cache_gb``), labels, splits, digests, unreadable files and statistics."""
+    height, width = image_size
+    decoded_gb = len(paths) * channels * height * width / 1e9
+    keep_pixels = decoded_gb <= max_cache_gb
+    settings = f"{height}x{width}x{channels}" + ("" if keep_pixels else "-files")
+    path = cache_dir / f"{settings}-v{CACHE_VERSION}-{key}.pt"
+    cache = load_cache(path)
+    if cache is not None:
+        return cache
+    rank_zero_info(
+        f"Reading {len(paths)} images of {root} once"
+        + (f" into {path}" if keep_pixels else f" ({decoded_gb:.1f} GB decoded: not cached)")
+    )
+    cache = read_all(paths, splits, channels, image_size, keep_pixels)
+    cache |= {
+        "paths": [str(p.relative_to(root)) for p in paths],
+        "labels": labels,
+        "splits": splits,
+    }
+    save_cache(path, cache)
+    for stale in cache_dir.glob(f"{settings}-*.pt"):  # earlier states of the folder
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return cache
+
+
+def check_images(cache: dict[str, Any], root: Path, skip_bad_images: bool) -> None:
+    """Stop on unreadable images unless told to skip them; warn of repeated images."""
+    unreadable = cache["unreadable"]
+    if unreadable:
+        listed = "; ".join(unreadable[:3]) + ("; ..." if len(unreadable) > 3 else "")
+        if not skip_bad_images:
+            raise DatasetError(
+                f"{len(unreadable)} image(s) cannot be read: {listed}. Replace or remove "
+                "them, or leave them out with --data.skip_bad_images true"
+            )
+        rank_zero_warn(f"left out {len(unreadable)} unreadable image(s): {listed}")
+        if not (cache["readable"] & (cache["splits"] == 0)).any():
+            raise DatasetError(f"none of the images in {root / 'train'} can be read")
+    # An image in train/ and in val/ or test/ as well inflates the held-out accuracy.
+    readable, splits, digests = cache["readable"], cache["splits"], cache["digests"]
+    in_train = set(digests[readable & (splits == 0)].tolist())
+    repeated = [
+        cache["paths"][i]
+        for i in (readable & (splits > 0)).nonzero().flatten().tolist()
+        if digests[i].item() in in_train
+    ]
+    if repeated:
+        rank_zero_warn(
+            f"{len(repeated)} image(s) of val/ or test/ are also in train/, e.g. "
+            f"{repeated[0]}: their accuracy overstates how the model does on new images"
+        )
 
 
 class FilesToRead(Dataset):
@@ -258,18 +236,13 @@ def load_cache(path: Path) -> dict[str, Any] | None:
 
 
 def save_cache(path: Path, cache: dict[str, Any]) -> None:
-    """Save the cache whole, under its final name only once complete, then delete the caches
-    of earlier states of the folder with the same settings."""
+    """Save the cache whole, under its final name only once complete."""
 
     def save() -> None:
         with replaced(path) as file:
             torch.save({**cache, "checksum": checksum(cache)}, file)
 
     with_cache_errors(save)
-    settings = path.name.rpartition("-")[0]
-    for stale in path.parent.glob(f"{settings}-*.pt"):
-        if stale != path:
-            stale.unlink(missing_ok=True)
 
 
 def with_cache_errors(write: Any, *args: Any) -> None:

@@ -42,40 +42,19 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import Augment
-from .image_cache import (
-    SPLITS,
-    auto_sizes,
-    list_images,
-    listing_key,
-    load_cache,
-    read_all,
-    save_cache,
-)
-from .inference.images import ImageFiles
+from .image_cache import auto_sizes, cached_images, check_images
+from .image_files import SPLITS, held_out, list_images, listing_key
 from .support.errors import DatasetError
+from .support.images import ImageFiles
 from .support.loading import InMemoryImages, batch_loader
 
 # The networks of nets.py pool three times: smaller images leave nothing to classify.
 MIN_IMAGE_SIDE = 8
-
-
-def held_out(labels: Tensor, sizes: list[int], seed: int) -> list[Tensor]:
-    """Split the indices of ``labels`` into parts of the given sizes and the rest, at random
-    (seeded) but keeping each class's share in every part: the shuffled indices are ordered by
-    their relative position within their class, so any run of them samples all classes evenly."""
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    position = torch.empty(len(labels), dtype=torch.float64)
-    for label in labels.unique():
-        members = (labels[order] == label).nonzero().flatten()
-        position[members] = (torch.arange(len(members), dtype=torch.float64) + 0.5) / len(members)
-    order = order[position.argsort(stable=True)]
-    parts = order.split([*sizes, len(order) - sum(sizes)])
-    return [part.sort().values for part in parts]
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -168,66 +147,21 @@ class ImageDataModule(pl.LightningDataModule):
                 channels = picked_channels
                 rank_zero_info(f"channels auto: {channels}")
         self.image_size, self.channels = tuple(image_size), channels
-        self.cache = self._read_or_build_cache(
-            paths, key, torch.tensor(labels), torch.tensor(splits)
+        self.cache = cached_images(
+            self.root,
+            paths,
+            key,
+            torch.tensor(labels),
+            torch.tensor(splits),
+            channels,
+            self.image_size,
+            self.cache_dir,
+            max_cache_gb,
         )
+        check_images(self.cache, self.root, skip_bad_images)
         self.mean = tuple(self.cache["mean"])
         self.std = tuple(self.cache["std"])
-        self._report_problems()
         self.datasets: dict[str, Dataset] = {}
-
-    def _read_or_build_cache(
-        self, paths: list[Path], key: str, labels: Tensor, splits: Tensor
-    ) -> dict:
-        """The decoded data set from the cache, or read from the files and saved to it."""
-        height, width = self.image_size
-        decoded_gb = len(paths) * self.channels * height * width / 1e9
-        keep_pixels = decoded_gb <= self.hparams.max_cache_gb
-        settings = f"{height}x{width}x{self.channels}" + ("" if keep_pixels else "-files")
-        path = self.cache_dir / f"{settings}-{key}.pt"
-        cache = load_cache(path)
-        if cache is not None:
-            return cache
-        rank_zero_info(
-            f"Reading {len(paths)} images of {self.root} once"
-            + (f" into {path}" if keep_pixels else f" ({decoded_gb:.1f} GB decoded: not cached)")
-        )
-        cache = read_all(paths, splits, self.channels, self.image_size, keep_pixels)
-        cache |= {
-            "paths": [str(p.relative_to(self.root)) for p in paths],
-            "labels": labels,
-            "splits": splits,
-        }
-        save_cache(path, cache)
-        return cache
-
-    def _report_problems(self) -> None:
-        """Stop on unreadable images unless told to skip them; warn of repeated images."""
-        cache = self.cache
-        unreadable = cache["unreadable"]
-        if unreadable:
-            listed = "; ".join(unreadable[:3]) + ("; ..." if len(unreadable) > 3 else "")
-            if not self.hparams.skip_bad_images:
-                raise DatasetError(
-                    f"{len(unreadable)} image(s) cannot be read: {listed}. Replace or remove "
-                    "them, or leave them out with --data.skip_bad_images true"
-                )
-            rank_zero_warn(f"left out {len(unreadable)} unreadable image(s): {listed}")
-            if not (cache["readable"] & (cache["splits"] == 0)).any():
-                raise DatasetError(f"none of the images in {self.root / 'train'} can be read")
-        # An image in train/ and in val/ or test/ as well inflates the held-out accuracy.
-        readable, splits, digests = cache["readable"], cache["splits"], cache["digests"]
-        in_train = set(digests[readable & (splits == 0)].tolist())
-        repeated = [
-            cache["paths"][i]
-            for i in (readable & (splits > 0)).nonzero().flatten().tolist()
-            if digests[i].item() in in_train
-        ]
-        if repeated:
-            rank_zero_warn(
-                f"{len(repeated)} image(s) of val/ or test/ are also in train/, e.g. "
-                f"{repeated[0]}: their accuracy overstates how the model does on new images"
-            )
 
     @staticmethod
     def write_sample(folder: Path) -> dict[str, Any]:

@@ -44,7 +44,7 @@ class ImageClassifier(pl.LightningModule):
     """Classifies images into the data module's classes.
 
     Takes images as pixel values (uint8, or floats on the same 0-255 scale) and normalizes
-    them itself, so exported and served models need no constants beside them. In a config
+    them itself, so exported models need no constants beside them. In a config
     every setting is a plain value, so checkpoints load with torch's weights-only loading.
     """
 
@@ -71,7 +71,8 @@ class ImageClassifier(pl.LightningModule):
                 model that is not trained, e.g. loaded to predict).
             scheduler: The learning-rate schedule over the run, or none for a constant rate.
 
-        The config (configs/default.yaml) sets all three.
+        train.py links the data facts in from the data module; configs/default.yaml sets the
+        network, the optimizer and the schedule.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -116,7 +117,7 @@ class ImageClassifier(pl.LightningModule):
         images, labels = batch
         loss = F.cross_entropy(self(images), torch.as_tensor(labels, device=self.device))
         # Logged only in the steps whose values reach the loggers (every log_every_n_steps):
-        # each self.log call costs about half a millisecond, 5 % of a small model's CPU step.
+        # each self.log call has a cost, and the loggers would drop the other steps' values.
         every = self.trainer.log_every_n_steps
         if every > 0 and (self.global_step + 1) % every == 0:
             self.log("train/loss", loss, prog_bar=True)
@@ -174,8 +175,23 @@ class ImageClassifier(pl.LightningModule):
             ) from error
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The schedule spans this many steps; a resumed fit must plan the same (train.py).
-        checkpoint["schedule_steps"] = self.trainer.estimated_stepping_batches
+        # What the schedule's span was computed from: a resumed fit must have the same.
+        if self.trainer.datamodule is not None:
+            checkpoint["schedule_basis"] = schedule_basis(self.trainer, self.trainer.datamodule)
+
+
+def schedule_basis(trainer: pl.Trainer, datamodule: pl.LightningDataModule) -> dict[str, Any]:
+    """The settings Lightning computes the run's optimizer steps from
+    (``trainer.estimated_stepping_batches``, the span of the schedule), for a data module
+    that is set up."""
+    return {
+        "trainer.max_epochs": trainer.max_epochs,
+        "trainer.max_steps": trainer.max_steps,
+        "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "trainer.limit_train_batches": trainer.limit_train_batches,
+        "processes": trainer.num_nodes * trainer.num_devices,
+        "batches per epoch": len(datamodule.train_dataloader()),
+    }
 
 
 def span(make_scheduler: Callable[..., LRScheduler], total_steps: int) -> dict[str, int]:

@@ -6,6 +6,9 @@ passes it the shape of the data first: ``in_channels``, ``num_classes`` and ``im
 three arguments first, selected in the config or by flag:
 
     --model.net {{ cookiecutter.package_name }}.nets.YourNet
+
+Checkpoints record the network by that class path; only the classes of this module are built
+from one (``network_class``), so a crafted checkpoint cannot make loading import other code.
 """
 
 from torch import Tensor, nn
@@ -86,3 +89,12 @@ class MLP(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.layers(images)
+
+
+def network_class(class_path: str) -> type[nn.Module]:
+    """The network class of this module that ``class_path`` names; ValueError for any other."""
+    module, _, name = class_path.rpartition(".")
+    found = globals().get(name)
+    if module != __name__ or not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise ValueError(f"the network {class_path!r} is not one of {__name__}")
+    return found

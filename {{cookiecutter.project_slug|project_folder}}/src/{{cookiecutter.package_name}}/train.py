@@ -2,7 +2,7 @@
 
 Every run reads ``configs/default.yaml`` of this package first; ``--config my.yaml`` and flags
 such as ``--trainer.max_epochs 10`` change what they name. ``resolve`` and ``train`` are the
-same steps for other code (the search builds each trial's config with them).
+same steps for other code.
 """
 
 import json
@@ -20,24 +20,13 @@ from pytorch_lightning.plugins import CheckpointIO
 
 from .data import ImageDataModule
 from .model import DATA_FACTS, ImageClassifier
-from .support.callbacks import (
-    BestCheckpoint,
-    EpochSummary,
-    LastCheckpoint,
-    SaveRunInfo,
-    StopOnNonFiniteLoss,
-)
-from .support.checkpoints import (
-    AtomicCheckpointIO,
-    check_resume,
-    newest_last,
-    read_checkpoint,
-    runs_folder,
-)
+from .support.checkpoints import AtomicCheckpointIO, read_checkpoint
 from .support.errors import ConfigError, DatasetError, UserError, exit_in_one_line
 from .support.files import write_file
 from .support.process import configure_process, default_precision
-from .support.report import TestReport
+from .training.callbacks import BestCheckpoint, SaveRunInfo
+from .training.resume import check_resume
+from .training.runs import continue_run, newest_last, place_logs, run_folder
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -73,13 +62,8 @@ class TrainCLI(LightningCLI):
                 "precision": default_precision(),
                 # A live progress bar in a terminal; one line per epoch in logs and batch jobs.
                 "enable_progress_bar": sys.stderr.isatty(),
-                "callbacks": [
-                    LastCheckpoint(),
-                    StopOnNonFiniteLoss(),
-                    EpochSummary(),
-                    TestReport(),
-                    *callbacks,
-                ],
+                # After the config's own (trainer.callbacks).
+                "callbacks": list(callbacks),
             },
         )
 
@@ -109,12 +93,10 @@ class TrainCLI(LightningCLI):
         if self.parse_only:
             return
         config = self.config
-        trainer, logger = config.trainer, config.trainer.logger
-        default_root = self.parser.get_defaults().trainer.default_root_dir
         # The config's logger writes under the default root folder; with another
         # --trainer.default_root_dir its logs move along, as Lightning's own default logger's do.
-        if isinstance(logger, Namespace) and logger.init_args.get("save_dir") == default_root:
-            logger.init_args.save_dir = trainer.default_root_dir
+        default_root = self.parser.get_defaults().trainer.default_root_dir
+        place_logs(config.trainer, config.trainer.default_root_dir, only_from=default_root)
         if config.checkpoint.filename is None:
             metric = config.checkpoint.monitor
             name = metric.replace("/", "_")
@@ -122,10 +104,10 @@ class TrainCLI(LightningCLI):
             config.checkpoint.filename = "epoch{epoch:02d}-" + name + "{" + metric + ":.4f}"
             config.checkpoint.auto_insert_metric_name = False
         if config.ckpt_path == "last":
-            config.ckpt_path = str(newest_last(*runs_folder(trainer)))
+            config.ckpt_path = str(newest_last(config.trainer))
             print(f"resuming from {config.ckpt_path}")
         if config.ckpt_path:
-            continue_run_folder(logger, Path(config.ckpt_path))
+            continue_run(config.trainer, Path(config.ckpt_path))
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """The trainer, writing checkpoints whole (unless the config names another way)."""
@@ -159,17 +141,6 @@ def data_fact(name: str) -> Any:
     return fact_of
 
 
-def continue_run_folder(logger: Namespace | bool | None, ckpt_path: Path) -> None:
-    """Point a TensorBoard or CSV logger at the version folder that holds ``ckpt_path``, so
-    that a resumed run keeps its best checkpoint, metrics and results together."""
-    if not isinstance(logger, Namespace) or "version" not in logger.init_args:
-        return
-    run_dir = ckpt_path.resolve().parent.parent  # <save_dir>/<name>/<version>/checkpoints/
-    logged_to = Path(logger.init_args.save_dir, logger.init_args.name or "").resolve()
-    if run_dir.parent == logged_to:
-        logger.init_args.version = run_dir.name
-
-
 def resolve(args: list[str] | Namespace) -> TrainCLI:
     """The complete config ``train`` would run with these arguments (``.config``), and its
     parser (``.parser``), without building anything."""
@@ -188,15 +159,14 @@ def train(
     ckpt_path = cli.config.ckpt_path
     if ckpt_path:  # checked before the fit writes anything into the run folder
         checkpoint = read_checkpoint(ckpt_path)
-        check_resume(ckpt_path, checkpoint, dict(model.hparams), trainer, datamodule)
+        check_resume(checkpoint, dict(model.hparams), trainer, datamodule)
         if isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io.read_ahead[ckpt_path] = checkpoint
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     # Empty when no checkpoint was written (e.g. --trainer.fast_dev_run): test the last weights.
     best = cli.config_init["checkpoint"].best_model_path or None
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
-    # Every rank must ask for log_dir: the property broadcasts rank 0's answer.
-    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    run_dir = run_folder(trainer)
     if trainer.is_global_zero:
         summary = {"best_checkpoint": best, **results[0]}
         write_file(run_dir / "test_metrics.json", json.dumps(summary, indent=2) + "\n")

@@ -1,1 +1,1 @@
-"""Using a trained model: predict to CSV, export for other runtimes, serve over HTTP."""
+"""Using a trained model: the commands that read a checkpoint."""

@@ -18,9 +18,9 @@ from pydantic import BaseModel
 from torch import Tensor
 
 from ..support.errors import ImageError, one_line
+from ..support.images import decode
 from ..support.process import default_precision
 from .classifier import load_classifier
-from .images import decode
 
 
 class ImageUpload(BaseModel):

@@ -16,17 +16,18 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.cli import instantiate_module
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from ..data import ImageDataModule
-from ..support.errors import DatasetError, exit_in_one_line, one_line
+from ..support.errors import DatasetError, ImageError, exit_in_one_line, one_line
 from ..support.files import check_output, write_file
+from ..support.images import IMAGE_SUFFIXES, ImageFiles
 from ..support.process import configure_process, default_precision
 from .classifier import load_classifier
-from .images import ImageFiles, image_paths
 
 
 class PredictionCSVWriter(BasePredictionWriter):
@@ -92,6 +93,20 @@ def test_split_loader(checkpoint: dict[str, Any]) -> DataLoader:
     return datamodule.test_dataloader()
 
 
+def image_paths(path: Path) -> list[Path]:
+    """``path`` itself if it is a file, else the image files under the folder, sorted."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ImageError(f"input {path} does not exist")
+    # Folders named like images are searched, not read; a broken link is named when read.
+    found = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in found if p.is_file() or p.is_symlink())
+    if not paths:
+        raise ImageError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
 def predict(
     ckpt_path: Path,
     input_path: Path | None,
@@ -126,15 +141,6 @@ def predict(
     return output
 
 
-def at_least(least: int) -> Any:
-    def count(text: str) -> int:
-        if not text.lstrip("-").isdigit() or int(text) < least:
-            raise argparse.ArgumentTypeError(f"a whole number of at least {least}, not {text!r}")
-        return int(text)
-
-    return count
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt_path", type=Path, required=True, help="checkpoint from training")
@@ -146,14 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"))
     parser.add_argument(
-        "--batch_size", type=at_least(1), default=256, help="images per batch with --input"
+        "--batch_size", type=PositiveInt, default=256, help="images per batch with --input"
     )
     parser.add_argument(
-        "--num_workers", type=at_least(0), default=0, help="processes decoding --input images"
+        "--num_workers", type=NonNegativeInt, default=0, help="processes decoding --input images"
     )
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, ...")
     parser.add_argument(
-        "--devices", type=at_least(1), default=1, help="devices to spread over (DDP); one CSV"
+        "--devices", type=PositiveInt, default=1, help="devices to spread over (DDP); one CSV"
     )
     args = parser.parse_args(argv)
     configure_process()

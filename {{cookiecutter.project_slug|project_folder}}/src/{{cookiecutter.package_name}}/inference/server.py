@@ -19,9 +19,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .. import TEMPLATE_VERSION
 from ..support.errors import ConfigError
+from ..support.images import MAX_PIXELS
 from .api import ImageClassifierAPI
 from .classifier import load_classifier
-from .images import MAX_PIXELS
 
 FORM = "multipart/form-data"
 PAGE = Path(__file__).with_name("page.html")

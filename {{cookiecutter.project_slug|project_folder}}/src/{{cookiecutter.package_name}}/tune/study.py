@@ -24,6 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ..support.errors import ConfigError, NonFiniteLossError, UserError, one_line
 from ..train import TrainCLI, train
+from ..training.runs import place_logs
 from .pruning import PruneTrial
 from .search import Search, ends, suggest
 
@@ -128,12 +129,7 @@ def in_trial_folder(config: Namespace, run_dir: Path) -> Namespace:
     """Each trial's logs and checkpoints in a folder of its own: the loggers' version counters
     would race between workers sharing logs/, and no plain run's `--ckpt_path last` finds it."""
     config.trainer.default_root_dir = str(run_dir)
-    logger = config.trainer.logger
-    if isinstance(logger, Namespace):
-        if "save_dir" in logger.init_args:
-            logger.init_args.save_dir = str(run_dir)
-        if str(logger.init_args.get("tracking_uri") or "").startswith("file:"):
-            logger.init_args.tracking_uri = f"file:{run_dir / 'mlruns'}"
+    place_logs(config.trainer, str(run_dir))
     if config.trainer.devices == "auto":
         config.trainer.devices = 1
     config.ckpt_path = None

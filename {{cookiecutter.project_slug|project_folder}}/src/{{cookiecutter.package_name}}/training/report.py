@@ -10,7 +10,8 @@ from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from .files import replaced
+from ..support.files import replaced
+from .runs import run_folder
 
 
 class TestReport(pl.Callback):
@@ -49,9 +50,7 @@ class TestReport(pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Summed over all processes, so every one takes part; the plot reuses the result.
         self.confusion.compute()
-        # Every rank must ask for log_dir: the property broadcasts rank 0's answer. It is
-        # None when loggers are off (fast_dev_run); the pictures then go to the root folder.
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir = run_folder(trainer)
         if not trainer.is_global_zero:
             return
         figures = {

@@ -1,4 +1,4 @@
-"""Image files to model input: the one decoding path of every command that reads images.
+"""Image files to model input: the one decoding path of everything that reads image files.
 
 An image is converted to what the checkpoint's model was trained on: its channel count (1 is
 grayscale, 3 is RGB; 2 and 4 add alpha) and its height and width, as uint8 pixels, whatever
@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import resize
 
-from ..support.errors import ImageError, one_line
+from .errors import ImageError, one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 # Pillow's mode for each channel count: the conversion it does is the one of every command.
@@ -75,20 +75,6 @@ def read_image(path: Path, channels: int, image_size: tuple[int, int]) -> Tensor
         raise ImageError(f"cannot read image {path}: {error.strerror}") from error
     except ImageError as error:
         raise ImageError(f"cannot read image {path}: {error}") from error
-
-
-def image_paths(path: Path) -> list[Path]:
-    """``path`` itself if it is a file, else the image files under the folder, sorted."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise ImageError(f"input {path} does not exist")
-    # Folders named like images are searched, not read; a broken link is named when read.
-    found = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    paths = sorted(p for p in found if p.is_file() or p.is_symlink())
-    if not paths:
-        raise ImageError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return paths
 
 
 class ImageFiles(Dataset):

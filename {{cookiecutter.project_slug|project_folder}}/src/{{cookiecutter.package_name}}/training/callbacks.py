@@ -1,4 +1,4 @@
-"""The callbacks every training run has; the stock ones come from pytorch_lightning.callbacks."""
+"""The project's own training callbacks; the stock ones come from pytorch_lightning.callbacks."""
 
 import json
 import math
@@ -16,9 +16,9 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from .. import TEMPLATE_VERSION
-from .checkpoints import LAST
-from .errors import NonFiniteLossError
-from .files import write_file
+from ..support.errors import NonFiniteLossError
+from ..support.files import write_file
+from .runs import LAST, run_folder
 
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "jsonargparse")
 
@@ -29,7 +29,8 @@ class StopOnNonFiniteLoss(pl.Callback):
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
     ) -> None:
-        # As a Python float: a fifth of the cost of torch.isfinite per step on a CPU.
+        # Read as a Python float, the cheapest check on a CPU; on a GPU any check of the value
+        # waits for the step's computation.
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(
@@ -75,7 +76,14 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self) -> None:
         name = LAST.removesuffix(self.FILE_EXTENSION)
-        super().__init__(filename=name, monitor=None, save_top_k=1, enable_version_counter=False)
+        super().__init__(
+            filename=name,
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+            # At the epoch's very end, after its validation and the best-model checkpoint.
+            save_on_train_epoch_end=True,
+        )
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -97,7 +105,7 @@ class SaveRunInfo(SaveConfigCallback):
     and send both to the experiment loggers."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        log_dir = trainer.log_dir  # every rank must ask: the property broadcasts rank 0's answer
+        run_dir = run_folder(trainer)
         if self.already_saved or not trainer.is_global_zero:
             return
         versions = {
@@ -105,7 +113,6 @@ class SaveRunInfo(SaveConfigCallback):
             "python": platform.python_version(),
             **{package: version(package) for package in PACKAGES},
         }
-        run_dir = Path(log_dir or trainer.default_root_dir)
         write_file(run_dir / self.config_filename, self.parser.dump(self.config, skip_none=False))
         write_file(run_dir / "versions.json", json.dumps(versions, indent=2) + "\n")
         for logger in trainer.loggers:
