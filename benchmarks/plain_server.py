@@ -22,7 +22,7 @@ TOP_K = 5
 def main(src: str, ckpt_path: str, port: int) -> None:
     sys.path.insert(0, src)
     from mnist_lab.inference.classifier import load_classifier
-    from mnist_lab.inference.images import decode
+    from mnist_lab.support.images import decode
     from mnist_lab.support.errors import ImageError
 
     model, _ = load_classifier(Path(ckpt_path))
