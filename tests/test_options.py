@@ -78,6 +78,7 @@ SERVE_FILES = {
         "inference/serve.py",
         "inference/server.py",
         "inference/api.py",
+        "inference/processes.py",
         "inference/page.html",
     },
     "project": {

@@ -1,8 +1,11 @@
-"""The HTTP server of a checkpoint, on LitServe: the page, the answers to bad requests, the
-transport and the shutdown."""
+"""The HTTP server of a checkpoint, on LitServe: the page, the answers to bad requests, its
+processes and their shutdown."""
 
 import contextlib
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -13,8 +16,6 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from litserve.connector import _Connector
-from litserve.transport.factory import TransportConfig
-from litserve.transport.zmq_transport import ZMQTransport
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .. import TEMPLATE_VERSION
@@ -22,9 +23,11 @@ from ..support.errors import ConfigError
 from .api import ImageClassifierAPI
 from .classifier import load_classifier
 from .images import MAX_PIXELS
+from .processes import PipeTransport, die_with_parent
 
 FORM = "multipart/form-data"
 PAGE = Path(__file__).with_name("page.html")
+FAILED_GRACE = 2  # seconds the HTTP processes get to finish after a process of the server ended
 
 
 async def request_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -63,26 +66,39 @@ class QuietConnectionsClosed(HttpToolsProtocol):
 
 
 class Server(ls.LitServer):
-    """LitServer, stopping in an order that answers every request it has read: the listening
-    socket stops taking connections, the HTTP processes finish the requests they hold (the
-    model workers still run), then the model workers and the queues go. LitServe's own order
-    closes the queues first, and every process it forks keeps the socket listening."""
+    """LitServer whose processes stand and fall together. Answers go over pipes only they hold
+    (``PipeTransport``). Any of its processes that ends stops the server, which says which one
+    in one line (``failure``); LitServe watches only the model workers, and leaves a server
+    without its HTTP process or queue manager listening. Its main process killed, every other
+    ends too (``die_with_parent``) and the port is free for a restart.
 
-    stopping = False
+    It stops in an order that answers every request it has read: the listening socket stops
+    taking connections, the HTTP processes finish the requests they hold (the model workers
+    still run), then the model workers and the queues go. LitServe's own order closes the
+    queues first, and every process it forks keeps the socket listening."""
+
+    failure: str | None = None  # the process that ended on its own, and how
+    children_die_by = signal.SIGKILL
+
+    def run(self, *args: Any, **kwargs: Any) -> None:
+        server = os.getpid()
+        os.register_at_fork(after_in_child=lambda: die_with_parent(server, self.children_die_by))
+        super().run(*args, **kwargs)
 
     def _init_manager(self, num_api_servers: int) -> Any:
-        """LitServe's queues, with ``fast_queue`` really on ZeroMQ. LitServe 0.2 passes the
-        setting under a wrong name and swaps the broker's addresses (Lightning-AI/LitServe#751),
-        so answers went through its multiprocessing manager whatever the flag said: on 2 CPU
-        cores, a quarter fewer requests per second at 32 clients (the template's benchmark)."""
-        if self.use_zmq:
-            self.transport_config = TransportConfig(transport_type="zmq")
-        manager = super()._init_manager(num_api_servers)
-        if self.use_zmq:
-            config = self.transport_config
-            self._transport = ZMQTransport(
-                backend_address=config.backend_address, frontend_address=config.frontend_address
-            )
+        """LitServe's queues for the requests (its queues for the answers go unused),
+        ``PipeTransport`` for the answers, and a stop event of this process: waiting on the
+        manager's would fail with the manager."""
+        # Its main process killed, the manager gets SIGTERM and exits as on a shutdown,
+        # removing its socket file and folder (see serve.stop_on_signals). The HTTP
+        # processes get SIGKILL: uvicorn would wait for answers that no longer come.
+        self.children_die_by = signal.SIGTERM
+        try:
+            manager = super()._init_manager(num_api_servers)
+        finally:
+            self.children_die_by = signal.SIGKILL
+        self._transport = PipeTransport.for_consumers(num_api_servers)
+        self._shutdown_event = threading.Event()
         return manager
 
     def _start_server(
@@ -91,37 +107,51 @@ class Server(ls.LitServer):
         self.listening = sockets
         return super()._start_server(port, servers, log_level, sockets, *args, **kwargs)
 
+    def _start_worker_monitoring(self, manager: Any, uvicorn_workers: dict) -> None:
+        """Stop the server as soon as any of its processes ends, unless it is stopping."""
+        roles = {worker: "model worker" for worker in self.inference_workers}
+        roles |= {worker: "HTTP process" for worker in uvicorn_workers.values()}
+        for child in multiprocessing.active_children():
+            roles.setdefault(child, "queue manager")  # LitServe's multiprocessing manager
+
+        def watch() -> None:
+            ended = multiprocessing.connection.wait([process.sentinel for process in roles])
+            if self._shutdown_event.is_set():
+                return
+            process = next(process for process in roles if process.sentinel in ended)
+            process.join()
+            code = process.exitcode
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            self.failure = f"the {roles[process]} (pid {process.pid}) stopped ({how})"
+            self._shutdown_event.set()
+
+        threading.Thread(target=watch, name="watch-processes", daemon=True).start()
+
     def _perform_graceful_shutdown(self, manager: Any, uvicorn_workers: dict, *args: Any) -> None:
-        if self.stopping:  # LitServe's worker monitor calls this too
-            return
-        self.stopping = True
+        self._shutdown_event.set()  # from now on, processes end because the server stops them
         for listening in getattr(self, "listening", []):
             # Shut down, not only closed: the processes LitServe forked share this socket.
             with contextlib.suppress(OSError):
                 listening.shutdown(socket.SHUT_RDWR)
             listening.close()
-        # Ends LitServe's worker monitor. From a thread of its own: this thread's connection to
-        # the manager may still wait for the event, interrupted by the signal.
-        setter = threading.Thread(target=self._shutdown_event.set, daemon=True)
-        setter.start()
-        setter.join(timeout=5)
+        # After a failure, a request in flight may have lost its model worker for good.
+        grace = self.uvicorn_graceful_timeout if self.failure is None else FAILED_GRACE
         for worker in uvicorn_workers.values():
             worker.terminate()  # uvicorn's graceful shutdown: requests in flight are answered
         for worker in uvicorn_workers.values():
-            worker.join(self.uvicorn_graceful_timeout)
+            worker.join(grace)
             if worker.is_alive():
                 worker.kill()
+                worker.join()
         for worker in self.inference_workers:
             worker.kill()  # they ignore SIGTERM (see setup) and hold nothing to save
             worker.join()
         manager.shutdown()
-        # The ZeroMQ broker's sockets are files (in /tmp), which LitServe leaves behind.
-        for address in (
-            self.transport_config.frontend_address,
-            self.transport_config.backend_address,
-        ):
-            if address and address.startswith("ipc://"):
-                Path(address.removeprefix("ipc://")).unlink(missing_ok=True)
+        # A manager killed by a signal leaves its socket file and folder behind.
+        address = Path(manager.address)
+        address.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            address.parent.rmdir()
 
 
 def build_server(
@@ -133,7 +163,6 @@ def build_server(
     max_batch_size: int | None,
     batch_timeout: float,
     max_payload_mb: float,
-    fast_queue: bool,
 ) -> Server:
     """The server for a checkpoint; loading it here first stops a bad one with one line.
     ``max_batch_size`` None: batching on a GPU only. On a CPU, waiting for a batch to fill
@@ -164,7 +193,6 @@ def build_server(
         devices=devices,
         workers_per_device=workers_per_device,
         max_payload_size=int(max_payload_mb * 2**20),
-        fast_queue=fast_queue,
         model_metadata={
             "class_names": class_names,
             "input_shape": list(model.input_shape),
