@@ -74,11 +74,12 @@ class Server:
         path: str,
         body: bytes | None = None,
         content_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Answer:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
-            headers = {"Content-Type": content_type} if content_type else {}
-            connection.request(method, path, body=body, headers=headers)
+            sent = {"Content-Type": content_type} if content_type else {}
+            connection.request(method, path, body=body, headers=sent | (headers or {}))
             response = connection.getresponse()
             data = response.read()
         finally:

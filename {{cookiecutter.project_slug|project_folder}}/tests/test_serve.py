@@ -171,9 +171,9 @@ BAD_REQUESTS: dict[str, tuple[Callable[[bytes], tuple[bytes | None, str | None]]
     "truncated PNG": (lambda png: multipart({"image": png[: len(png) // 2]}), 422, "truncated"),
     "too many pixels": (lambda png: multipart({"image": huge_png()}), 422, "pixels"),
     "over-size body": (
-        lambda png: multipart({"image": png + bytes(MAX_PAYLOAD_MB * 2**20)}),
+        lambda png: multipart({"image": png + bytes(2 * MAX_PAYLOAD_MB * 2**20)}),
         413,
-        "too large",
+        f"the request is {2 * MAX_PAYLOAD_MB}.0 MB, more than --max_payload_mb {MAX_PAYLOAD_MB}",
     ),
     "raw image body": (lambda png: (png, "image/png"), 415, "multipart/form-data"),
     "malformed JSON": (lambda png: (b'{"image": ', JSON), 415, f"not as {JSON}"),
@@ -246,6 +246,54 @@ def test_command_errors_are_one_line(
     assert exit_message(serve.main, ["--ckpt_path", str(missing)]) == (
         'error: serve needs litserve, which is not installed: pip install -e ".[serve]"'
     )
+
+
+FOREIGN_REQUESTS: dict[str, tuple[str, dict[str, str], str]] = {
+    "another host name (DNS rebinding)": (
+        "GET",
+        {"Host": "rebound.example:8000"},
+        "this server answers to 127.0.0.1 localhost (--allowed_hosts), not to the host "
+        "'rebound.example:8000'",
+    ),
+    "a POST from another site's page": (
+        "POST",
+        {"Origin": "http://elsewhere.example"},
+        "a POST from the page of another site (http://elsewhere.example) is refused",
+    ),
+    "a POST from a page of no site": (
+        "POST",
+        {"Origin": "null"},
+        "a POST from the page of another site (null) is refused",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN_REQUESTS)
+def test_requests_of_other_sites_get_one_line_403(
+    server: Server, expected: dict, case: str
+) -> None:
+    method, headers, detail = FOREIGN_REQUESTS[case]
+    image, row = next(iter(expected.items()))
+    if method == "POST":
+        answer = server.request("POST", "/predict", *multipart({"image": image}), headers)
+    else:
+        answer = server.request(method, "/info", headers=headers)
+    assert answer == Answer(403, {"detail": detail})
+    assert_matches(server.post_image(image), row)
+
+
+def test_the_servers_own_names_and_pages_are_answered(server: Server, expected: dict) -> None:
+    """A loopback server answers to its address and to localhost, and to a POST from its own
+    page; other machines' servers to any host name unless told (--allowed_hosts)."""
+    image, row = next(iter(expected.items()))
+    body, content_type = multipart({"image": image})
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}"):
+        headers = {"Host": host, "Origin": f"http://{host}"}
+        assert_matches(server.request("POST", "/predict", body, content_type, headers), row)
+    assert server.request("GET", "/docs").status == 404  # no API console open to the network
+    assert serve.parse_args(["--ckpt_path", "x", "--host", "0.0.0.0"]).allowed_hosts == ["*"]
+    named = ["--ckpt_path", "x", "--host", "::", "--allowed_hosts", "Lab.Example", "[::1]"]
+    assert serve.parse_args(named).allowed_hosts == ["lab.example", "::1"]
 
 
 @linux_only

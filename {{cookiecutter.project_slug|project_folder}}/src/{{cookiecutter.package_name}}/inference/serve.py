@@ -10,10 +10,11 @@ likely classes. Images are decoded by ``images.decode``, as in ``predict``, so b
 same answer for the same file. LitServe runs the model in worker processes, on a GPU batches
 requests that arrive together (``--max_batch_size``, ``--batch_timeout``), and serves GET
 /health (200 once the workers are ready) and GET /info (class names, input shape, checkpoint,
-template version). SIGTERM or Ctrl-C, to this process or to all of the server's (``docker
-stop``, systemd, Kubernetes), answers the requests the server has read, then stops every
-process; so does the end of any of its processes, killed or not, with one line that names it.
-Needs the ``serve`` extra: ``pip install -e ".[serve]"``.
+template version). It answers only requests sent to ``--allowed_hosts``, and POSTs from its own
+page or from clients that send no Origin (curl, scripts). SIGTERM or Ctrl-C, to this process
+or to all of the server's (``docker stop``, systemd, Kubernetes), answers the requests the
+server has read, then stops every process; so does the end of any of its processes, killed or
+not, with one line that names it. Needs the ``serve`` extra: ``pip install -e ".[serve]"``.
 """
 
 import argparse
@@ -29,6 +30,7 @@ from ..support.errors import ConfigError, exit_in_one_line, require
 from ..support.process import configure_process
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
+LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -105,9 +107,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--top_k", type=positive(int), default=5, help="most likely classes to answer (%(default)s)"
     )
     add("--idle_timeout", type=positive(int), default=5, help="seconds a silent connection stays")
+    add(
+        "--allowed_hosts",
+        nargs="+",
+        help="host names clients may use; '*': any (127.0.0.1 and localhost on 127.0.0.1, any on "
+        "0.0.0.0 and '::')",
+    )
     args = parser.parse_args(argv)
     if not 1024 <= args.port <= 65535:
         parser.error(f"--port must be within 1024-65535, not {args.port}")
+    if args.allowed_hosts is None:
+        args.allowed_hosts = LOOPBACK_NAMES if args.host == HOSTS[0] else ["*"]
+    args.allowed_hosts = [name.lower().strip("[]") for name in args.allowed_hosts]
     return args
 
 
@@ -129,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             max_batch_size=args.max_batch_size,
             batch_timeout=args.batch_timeout,
             max_payload_mb=args.max_payload_mb,
+            allowed_hosts=args.allowed_hosts,
         )
     stop_on_signals()
     server.run(

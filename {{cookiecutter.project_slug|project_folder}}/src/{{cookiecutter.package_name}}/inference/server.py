@@ -1,5 +1,5 @@
-"""The HTTP server of a checkpoint, on LitServe: the page, the answers to bad requests, its
-processes and their shutdown."""
+"""The HTTP server of a checkpoint, on LitServe: the page, the answers to bad and foreign
+requests, its processes and their shutdown."""
 
 import contextlib
 import multiprocessing
@@ -8,14 +8,18 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import litserve as ls
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from litserve.connector import _Connector
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .. import TEMPLATE_VERSION
@@ -27,6 +31,8 @@ from .processes import PipeTransport, die_with_parent
 
 FORM = "multipart/form-data"
 PAGE = Path(__file__).with_name("page.html")
+MB = 2**20
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 FAILED_GRACE = 2  # seconds the HTTP processes get to finish after a process of the server ended
 
 
@@ -52,6 +58,60 @@ async def request_error(request: Request, error: RequestValidationError) -> JSON
 async def page() -> HTMLResponse:
     """The page where a person tries the model: pick or drop an image, see the answer."""
     return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+
+def payload_too_large(max_payload_mb: float) -> Callable[..., Awaitable[JSONResponse]]:
+    """The answer to a request over the limit (LitServe's own says only "Payload too large")."""
+
+    async def answer(request: Request, error: Exception) -> JSONResponse:
+        limit = f"more than --max_payload_mb {max_payload_mb:g}"
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit():  # sent in chunks, of a size known only at the end
+            return JSONResponse({"detail": f"the request is {limit}"}, 413)
+        size = int(declared)
+        shown = f"{size / MB:.1f} MB" if round(size / MB, 1) > max_payload_mb else f"{size:,} bytes"
+        return JSONResponse({"detail": f"the request is {shown}, {limit}"}, 413)
+
+    return answer
+
+
+class RefuseForeignRequests:
+    """Refuse, in one line of JSON (403), a request whose Host is not one the server answers to
+    (DNS rebinding: another site's name pointed at this server), and a POST whose Origin is
+    another site's (a page elsewhere sending its form here through a visitor's browser).
+    Starlette's TrustedHostMiddleware answers 400 "Invalid host header", which names neither
+    the host nor the flag that allows it; no middleware of Starlette refuses the simple
+    cross-origin requests a form sends (CORSMiddleware only withholds the answer)."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app, self.allowed_hosts = app, allowed_hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self.refusal(scope) if scope["type"] == "http" else None
+        if refusal:
+            await JSONResponse({"detail": refusal}, 403)(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def refusal(self, scope: Scope) -> str | None:
+        headers = Headers(scope=scope)
+        host, origin = headers.get("host", "").lower(), headers.get("origin")
+        if "*" not in self.allowed_hosts and url_host(f"//{host}")[0] not in self.allowed_hosts:
+            allowed = " ".join(self.allowed_hosts)
+            return f"this server answers to {allowed} (--allowed_hosts), not to the host {host!r}"
+        # Host and port only: behind a proxy that ends TLS, this server sees http.
+        if scope["method"] not in SAFE_METHODS and origin and url_host(origin)[1] != host:
+            return f"a {scope['method']} from the page of another site ({origin}) is refused"
+        return None
+
+
+def url_host(url: str) -> tuple[str | None, str]:
+    """The host name (an IPv6 address without brackets) and the host[:port] of a URL."""
+    try:
+        parts = urlsplit(url.lower())
+        return parts.hostname, parts.netloc
+    except ValueError:  # a malformed IPv6 address
+        return None, ""
 
 
 class QuietConnectionsClosed(HttpToolsProtocol):
@@ -163,6 +223,7 @@ def build_server(
     max_batch_size: int | None,
     batch_timeout: float,
     max_payload_mb: float,
+    allowed_hosts: list[str],
 ) -> Server:
     """The server for a checkpoint; loading it here first stops a bad one with one line.
     ``max_batch_size`` None: batching on a GPU only. On a CPU, waiting for a batch to fill
@@ -192,7 +253,9 @@ def build_server(
         accelerator=accelerator,
         devices=devices,
         workers_per_device=workers_per_device,
-        max_payload_size=int(max_payload_mb * 2**20),
+        max_payload_size=int(max_payload_mb * MB),
+        middlewares=[(RefuseForeignRequests, {"allowed_hosts": allowed_hosts})],
+        disable_openapi_url=True,  # no /docs: see "Serve" in the README before exposing it
         model_metadata={
             "class_names": class_names,
             "input_shape": list(model.input_shape),
@@ -202,6 +265,7 @@ def build_server(
         },
     )
     server.app.add_exception_handler(RequestValidationError, request_error)
+    server.app.add_exception_handler(413, payload_too_large(max_payload_mb))
     # The page replaces LitServe's own GET / ("litserve running").
     routes = server.app.router.routes
     routes[:] = [route for route in routes if getattr(route, "path", None) != "/"]
