@@ -169,7 +169,7 @@ def running_server(
     program: list[str] | None = None,
 ) -> Iterator[Server]:
     """The serve command (or ``program``, that takes its flags) on a loopback port, free
-    unless given, on CPU, under umask 000 (containers' default: whatever the server creates
+    unless given, on CPU, under umask 000 (as in many containers: whatever the server creates
     is as open to other users as it can be); stopped and cleaned up afterwards."""
     port = port or free_port()
     args = ["--ckpt_path", str(checkpoint), "--port", str(port), "--accelerator", "cpu", *flags]
