@@ -8,8 +8,8 @@ epoch on the data module's own small sample (the model's speed does not depend o
 accuracy). Then, in each of --rounds rounds, it starts in turn on a free 127.0.0.1 port:
 
 - the project's server (`python -m mnist_lab.inference.serve`) with its defaults, and with
-  each setting the defaults were chosen against (batching up to 16 requests, LitServe's
-  multiprocessing queues instead of ZeroMQ, two model workers);
+  each setting the defaults were chosen against (batching up to 16 requests, two model
+  workers);
 - benchmarks/plain_server.py, one FastAPI process doing the same decoding and model call per
   request, as a user would write it, with torch's default threads and with one thread.
 
@@ -282,7 +282,6 @@ def main() -> None:
     servers = [
         ("LitServe, defaults", [*serve, "--port"], env),
         ("LitServe, batching 16", [*serve, "--max_batch_size", "16", "--port"], env),
-        ("LitServe, mp queues", [*serve, "--no-fast_queue", "--port"], env),
         ("LitServe, 2 workers", [*serve, "--workers_per_device", "2", "--port"], env),
         ("plain FastAPI", plain, env),
         ("plain FastAPI, 1 thread", plain, {**env, "OMP_NUM_THREADS": "1"}),

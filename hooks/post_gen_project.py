@@ -18,6 +18,7 @@ SERVE_FILES = [
     PACKAGE / "inference" / "serve.py",
     PACKAGE / "inference" / "server.py",
     PACKAGE / "inference" / "api.py",
+    PACKAGE / "inference" / "processes.py",
     PACKAGE / "inference" / "page.html",
     Path("tests", "test_serve.py"),
     Path("tests", "test_page.py"),

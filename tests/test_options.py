@@ -81,6 +81,7 @@ SERVE_FILES = {
         "inference/serve.py",
         "inference/server.py",
         "inference/api.py",
+        "inference/processes.py",
         "inference/page.html",
     },
     "project": {

@@ -2,7 +2,8 @@
 
 The module's tests share one server (starting one takes seconds) until the last ones stop
 servers with signals. Test images are PNG files of the data module's test split, so the
-tests hold for any ``data.py`` whose images have one or three channels.
+tests hold for any ``data.py`` whose images have one or three channels. The tests of the
+server's processes read Linux's /proc.
 """
 
 import base64
@@ -23,7 +24,16 @@ import pytest
 import torch
 from helpers import Run, exit_message, read_rows, write_png
 from PIL import Image
-from serving import Answer, Server, free_port, multipart, port_is_free, running_server
+from serving import (
+    Answer,
+    Server,
+    free_port,
+    multipart,
+    port_is_free,
+    running_server,
+    session_processes,
+    unix_socket_paths,
+)
 
 from {{ cookiecutter.package_name }} import TEMPLATE_VERSION
 from {{ cookiecutter.package_name }}.inference import serve
@@ -31,6 +41,7 @@ from {{ cookiecutter.package_name }}.inference.predict import predict
 from {{ cookiecutter.package_name }}.support.images import MAX_PIXELS
 
 pytestmark = pytest.mark.slow
+linux_only = pytest.mark.skipif(not Path("/proc/net/unix").exists(), reason="reads Linux's /proc")
 
 TOP_K = 3
 MAX_PAYLOAD_MB = 1
@@ -160,9 +171,9 @@ BAD_REQUESTS: dict[str, tuple[Callable[[bytes], tuple[bytes | None, str | None]]
     "truncated PNG": (lambda png: multipart({"image": png[: len(png) // 2]}), 422, "truncated"),
     "too many pixels": (lambda png: multipart({"image": huge_png()}), 422, "pixels"),
     "over-size body": (
-        lambda png: multipart({"image": png + bytes(MAX_PAYLOAD_MB * 2**20)}),
+        lambda png: multipart({"image": png + bytes(2 * MAX_PAYLOAD_MB * 2**20)}),
         413,
-        "too large",
+        f"the request is {2 * MAX_PAYLOAD_MB}.0 MB, more than --max_payload_mb {MAX_PAYLOAD_MB}",
     ),
     "raw image body": (lambda png: (png, "image/png"), 415, "multipart/form-data"),
     "malformed JSON": (lambda png: (b'{"image": ', JSON), 415, f"not as {JSON}"),
@@ -215,8 +226,9 @@ def test_command_errors_are_one_line(
         == f"error: checkpoint {missing} does not exist"
     )
     taken = ["--ckpt_path", str(missing), "--port", str(server.port)]
-    assert exit_message(serve.main, taken).startswith(
-        f"error: port {server.port} of 127.0.0.1 is taken"
+    assert exit_message(serve.main, taken) == (
+        f"error: port {server.port} of 127.0.0.1 is taken: another server listens there; "
+        "stop it, or choose another --port"
     )
     if not torch.cuda.is_available():
         no_gpu = ["--ckpt_path", str(trained.best), "--accelerator=cuda", f"--port={free_port()}"]
@@ -236,39 +248,116 @@ def test_command_errors_are_one_line(
     )
 
 
-def test_fast_queue_answers_over_zeromq_and_leaves_no_socket_file(trained: Run) -> None:
-    """LitServe 0.2 ignores its fast_queue setting (Lightning-AI/LitServe#751); this server
-    really uses ZeroMQ, wired the right way round, and removes the broker's socket files. (The
-    other tests' servers answer through it: with the addresses swapped, every request hangs.)"""
-    from litserve.transport.zmq_transport import ZMQTransport
+FOREIGN_REQUESTS: dict[str, tuple[str, dict[str, str], str]] = {
+    "another host name (DNS rebinding)": (
+        "GET",
+        {"Host": "rebound.example:8000"},
+        "this server answers to 127.0.0.1 localhost (--allowed_hosts), not to the host "
+        "'rebound.example:8000'",
+    ),
+    "a POST from another site's page": (
+        "POST",
+        {"Origin": "http://elsewhere.example"},
+        "a POST from the page of another site (http://elsewhere.example) is refused",
+    ),
+    "a POST from a page of no site": (
+        "POST",
+        {"Origin": "null"},
+        "a POST from the page of another site (null) is refused",
+    ),
+}
 
-    from {{ cookiecutter.package_name }}.inference.server import build_server
 
-    server = build_server(
-        trained.best,
-        top_k=TOP_K,
-        accelerator="cpu",
-        devices=1,
-        workers_per_device=1,
-        max_batch_size=None,
-        batch_timeout=0.005,
-        max_payload_mb=MAX_PAYLOAD_MB,
-        fast_queue=True,
-    )
-    assert server.litapi_connector.lit_apis[0].max_batch_size == 1  # no batching on a CPU
-    manager = server._init_manager(num_api_servers=1)
-    config, transport = server.transport_config, server._transport
-    assert isinstance(transport, ZMQTransport)
-    assert (transport.backend_address, transport.frontend_address) == (
-        config.backend_address,
-        config.frontend_address,
-    )
-    addresses = (config.backend_address, config.frontend_address)
-    sockets = [Path(address.removeprefix("ipc://")) for address in addresses]
-    assert all(path.exists() for path in sockets)
-    server.inference_workers = []  # none started: run() would start them
-    server._perform_graceful_shutdown(manager, {})
-    assert not any(path.exists() for path in sockets)
+@pytest.mark.parametrize("case", FOREIGN_REQUESTS)
+def test_requests_of_other_sites_get_one_line_403(
+    server: Server, expected: dict, case: str
+) -> None:
+    method, headers, detail = FOREIGN_REQUESTS[case]
+    image, row = next(iter(expected.items()))
+    if method == "POST":
+        answer = server.request("POST", "/predict", *multipart({"image": image}), headers)
+    else:
+        answer = server.request(method, "/info", headers=headers)
+    assert answer == Answer(403, {"detail": detail})
+    assert_matches(server.post_image(image), row)
+
+
+def test_the_servers_own_names_and_pages_are_answered(server: Server, expected: dict) -> None:
+    """A loopback server answers to its address and to localhost, and to a POST from its own
+    page; other machines' servers to any host name unless told (--allowed_hosts)."""
+    image, row = next(iter(expected.items()))
+    body, content_type = multipart({"image": image})
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}"):
+        headers = {"Host": host, "Origin": f"http://{host}"}
+        assert_matches(server.request("POST", "/predict", body, content_type, headers), row)
+    assert server.request("GET", "/docs").status == 404  # no API console open to the network
+    assert serve.parse_args(["--ckpt_path", "x", "--host", "0.0.0.0"]).allowed_hosts == ["*"]
+    named = ["--ckpt_path", "x", "--host", "::", "--allowed_hosts", "Lab.Example", "[::1]"]
+    assert serve.parse_args(named).allowed_hosts == ["lab.example", "::1"]
+
+
+@linux_only
+def test_no_other_process_can_reach_the_transport(server: Server) -> None:
+    """Every unix socket the server's processes hold lies in a folder of the user's own (0700),
+    under umask 000 too: LitServe's request queues, whose manager asks for the server's
+    authentication key before it reads anything. The answers travel through anonymous pipes,
+    which no other process can open."""
+    paths = unix_socket_paths(session_processes(server.process.pid))
+    assert paths, "no unix socket at all: the manager of LitServe's queues has one"
+    for path in paths:
+        assert not path.startswith("@"), f"{path}: in the abstract namespace, open to any process"
+        folder = Path(path).parent.stat()
+        assert (folder.st_mode & 0o777, folder.st_uid) == (0o700, os.getuid()), path
+
+
+def test_an_answer_the_server_cannot_read_fails_alone(
+    trained: Run, expected: dict, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Messages of the wrong shape and an answer that cannot be unpickled, sent through the
+    server's own transport by the model's API: the request gets a 500 at once, and the server
+    answers the next ones and stops on SIGTERM."""
+    program = [sys.executable, "-c", "import serving; serving.serve_with(serving.MalformedAnswers)"]
+    with running_server(trained.best, tmp_path, child_env, program=program) as server:
+        image, row = next(iter(expected.items()))
+        answer = server.post_image(b"not an image")
+        assert answer == Answer(500, {"detail": "the server could not read the model's answer"})
+        for _ in range(3):
+            assert_matches(server.post_image(image), row)
+        log = server.log.read_text()
+        assert "skipped a message of a model worker" in log and "cannot be read" in log, log
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0, server.log_tail()
+
+
+@linux_only
+def test_a_killed_process_stops_the_whole_server_and_frees_its_port(
+    trained: Run, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGKILL to any process of the server (what the OOM killer sends) ends all of them
+    within seconds, frees the port and leaves no socket file: each server after the first
+    starts on the port of the one killed before it. The death of any but the main process
+    is said in one line; the main process killed, the kernel ends the others (Linux)."""
+    port = free_port()
+    for role in ("main process", "HTTP process", "model worker", "queue manager"):
+        with running_server(trained.best, tmp_path, child_env, port=port) as server:
+            pids = server.processes()
+            sockets = unix_socket_paths(set(pids.values()))
+            os.kill(pids[role], signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while session_processes(server.process.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            left = session_processes(server.process.pid)
+            assert not left, f"{role} killed: {left} of {pids} still run\n{server.log_tail()}"
+            assert port_is_free(port), f"{role} killed: the port is still taken"
+            assert not [path for path in sockets if Path(path).exists()], f"{role} killed"
+            if role != "main process":
+                assert server.process.wait() == 1
+                assert server.log_tail().splitlines()[-1] == (
+                    f"error: the {role} (pid {pids[role]}) stopped (killed by signal 9); "
+                    "the server stopped"
+                )
+            if role in ("HTTP process", "model worker"):  # the others' queues end with it
+                assert "Traceback" not in server.log.read_text(), server.log_tail()
 
 
 def test_sigterm_answers_the_request_in_flight_then_stops(server: Server, expected: dict) -> None:

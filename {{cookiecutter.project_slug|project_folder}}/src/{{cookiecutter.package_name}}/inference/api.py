@@ -5,6 +5,7 @@ import base64
 import contextlib
 import functools
 import io
+import multiprocessing
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +22,7 @@ from ..support.errors import ImageError, one_line
 from ..support.images import decode
 from ..support.process import default_precision
 from .classifier import load_classifier
+from .processes import die_with_parent
 
 
 class ImageUpload(BaseModel):
@@ -64,7 +66,9 @@ class ImageClassifierAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         """Load the checkpoint in each worker process, onto its device. The worker leaves
         SIGTERM and SIGINT to the server's main process, which stops it once the requests it
-        holds are answered (``Server``), wherever the signal went."""
+        holds are answered (``Server``), wherever the signal went; it ends with that process
+        however that one ends, killed included."""
+        die_with_parent(multiprocessing.parent_process().pid)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_IGN)
         self.model = load_classifier(self.ckpt_path)[0].to(device)

@@ -10,15 +10,19 @@ likely classes. Images are decoded by ``images.decode``, as in ``predict``, so b
 same answer for the same file. LitServe runs the model in worker processes, on a GPU batches
 requests that arrive together (``--max_batch_size``, ``--batch_timeout``), and serves GET
 /health (200 once the workers are ready) and GET /info (class names, input shape, checkpoint,
-template version). SIGTERM or Ctrl-C, to this process or to all of the server's (``docker
-stop``, systemd, Kubernetes), answers the requests the server has read, then stops every
-process. Needs the ``serve`` extra: ``pip install -e ".[serve]"``.
+template version). It answers only requests sent to ``--allowed_hosts``, and POSTs from its own
+page or from clients that send no Origin (curl, scripts). SIGTERM or Ctrl-C, to this process
+or to all of the server's (``docker stop``, systemd, Kubernetes), answers the requests the
+server has read, then stops every process; so does the end of any of its processes, killed or
+not, with one line that names it. Needs the ``serve`` extra: ``pip install -e ".[serve]"``.
 """
 
 import argparse
+import errno
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from types import FrameType
 
@@ -26,13 +30,15 @@ from ..support.errors import ConfigError, exit_in_one_line, require
 from ..support.process import configure_process
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
+LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def stop_on_signals() -> None:
     """The first SIGTERM or SIGINT to this process stops the server as Ctrl-C does; later ones
     change nothing. The processes LitServe forks inherit the handler and ignore both signals:
-    this process stops them in order (``server.Server``), whoever got the signal."""
+    this process stops them in order (``server.Server``), whoever got the signal. One whose
+    parent is gone exits: the manager, sent SIGTERM when this process is killed."""
     server_pid = os.getpid()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -42,6 +48,8 @@ def stop_on_signals() -> None:
             for each in STOP_SIGNALS:
                 signal.signal(each, signal.SIG_IGN)
             raise KeyboardInterrupt
+        if os.getppid() != server_pid:  # orphaned: see server.Server._init_manager
+            sys.exit()
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
@@ -54,8 +62,13 @@ def check_port_is_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                message = f"cannot listen on port {port} of {host}: {error.strerror}"
+                raise ConfigError(message) from None
+            # Perhaps this server, started before: moving to another port would leave it on.
             raise ConfigError(
-                f"port {port} of {host} is taken ({error.strerror}): choose another with --port"
+                f"port {port} of {host} is taken: another server listens there; stop it, "
+                "or choose another --port"
             ) from None
 
 
@@ -89,15 +102,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--max_batch_size", type=positive(int), help="1: no batching; 16 on a GPU, 1 on CPU")
     # At 0, LitServe's batching loop would poll its queue without pause: a whole core while idle.
     add("--batch_timeout", type=positive(float), default=0.005, help="seconds a batch may wait")
-    add("--fast_queue", action=argparse.BooleanOptionalAction, default=True, help="ZeroMQ queues")
     add("--max_payload_mb", type=positive(float), default=10, help="larger requests get 413")
     add(
         "--top_k", type=positive(int), default=5, help="most likely classes to answer (%(default)s)"
     )
     add("--idle_timeout", type=positive(int), default=5, help="seconds a silent connection stays")
+    add(
+        "--allowed_hosts",
+        nargs="+",
+        help="host names clients may use; '*': any (127.0.0.1 and localhost on 127.0.0.1, any on "
+        "0.0.0.0 and '::')",
+    )
     args = parser.parse_args(argv)
     if not 1024 <= args.port <= 65535:
         parser.error(f"--port must be within 1024-65535, not {args.port}")
+    if args.allowed_hosts is None:
+        args.allowed_hosts = LOOPBACK_NAMES if args.host == HOSTS[0] else ["*"]
+    args.allowed_hosts = [name.lower().strip("[]") for name in args.allowed_hosts]
     return args
 
 
@@ -119,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             max_batch_size=args.max_batch_size,
             batch_timeout=args.batch_timeout,
             max_payload_mb=args.max_payload_mb,
-            fast_queue=args.fast_queue,
+            allowed_hosts=args.allowed_hosts,
         )
     stop_on_signals()
     server.run(
@@ -129,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         http=QuietConnectionsClosed,
         timeout_keep_alive=args.idle_timeout,
     )
+    if server.failure:
+        sys.exit(f"error: {server.failure}; the server stopped")
 
 
 if __name__ == "__main__":
