@@ -1,6 +1,7 @@
 """What the benchmarks share: baking the template, running and timing a baked project's
 commands as a user runs them, and printing tables."""
 
+import importlib.metadata
 import os
 import platform
 import resource
@@ -65,6 +66,17 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     for row in [header, ["-" * width for width in widths], *rows]:
         print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     print()
+
+
+def versions(*packages: str) -> str:
+    """The installed version of each package, as one line."""
+    found = []
+    for package in packages:
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package} (not installed)")
+    return ", ".join(found)
 
 
 def machine() -> str:

@@ -22,8 +22,8 @@ TOP_K = 5
 def main(src: str, ckpt_path: str, port: int) -> None:
     sys.path.insert(0, src)
     from mnist_lab.inference.classifier import load_classifier
-    from mnist_lab.support.images import decode
     from mnist_lab.support.errors import ImageError
+    from mnist_lab.support.images import decode
 
     model, _ = load_classifier(Path(ckpt_path))
     channels, image_size = model.hparams.channels, tuple(model.hparams.image_size)

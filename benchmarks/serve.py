@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import HERE, bake, command, machine, print_table, spread
+from common import HERE, bake, command, machine, print_table, spread, versions
 
 BOUNDARY = "benchmark-boundary"
 LIMITS = {"requests": 5000, "concurrency": 64, "max_seconds": 120}
@@ -289,6 +289,7 @@ def main() -> None:
     if args.only:
         servers = [server for server in servers if server[0].startswith(tuple(args.only))]
     print(f"{machine()} at the start; {len(pngs)} distinct {image_size} PNG uploads", flush=True)
+    print(versions("litserve", "fastapi", "uvicorn", "starlette", "pyzmq", "torch"), flush=True)
     runs: list[Run] = []
     for round_number in range(args.rounds):
         for name, server, server_env in servers:
@@ -316,6 +317,12 @@ def main() -> None:
             f"at {top} clients, the server's defaults: {speed:.2f}x the requests/s of the plain "
             f"one-thread endpoint, p99 {p99:.2f}x its p99, {errors} errors in all their loads"
         )
+        if 1 in args.concurrency:
+            top = 1
+            p50 = median(default, lambda run: run.percentile_ms(0.50)) / median(
+                plain_one, lambda run: run.percentile_ms(0.50)
+            )
+            print(f"at 1 client, the server's defaults: p50 {p50:.2f}x the plain endpoint's p50")
     print(f"(baked project and server logs: {workdir})")
 
 
