@@ -5,13 +5,15 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import pathlib
+import shutil
 import threading
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUICK_FIT, Fit, Run, exit_message
+from helpers import QUICK_FIT, Fit, Run, exit_message, write_png
 
 from {{ cookiecutter.package_name }} import nets, train
 from {{ cookiecutter.package_name }}.inference import export, predict
@@ -171,6 +173,24 @@ def test_predict_refuses_an_output_it_does_not_own(trained: Run, tmp_path: Path)
         )
     assert Path("/dev/full").is_char_device(), "the device is still a device"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_refuses_an_output_that_is_one_of_its_inputs(trained: Run, tmp_path: Path) -> None:
+    checkpoint = shutil.copy(trained.best, tmp_path / "model.ckpt")
+    image = tmp_path / "images" / "digit.png"
+    image.parent.mkdir()
+    write_png(torch.zeros(1, 8, 8, dtype=torch.uint8), image)
+    os.link(image, tmp_path / "hard-link.png")
+    before = folder_state(tmp_path)
+    for output, inputs, what in (
+        (checkpoint, [], "the checkpoint"),
+        (image, ["--input", str(image)], "one of the input images"),
+        (tmp_path / "hard-link.png", ["--input", str(image.parent)], "one of the input images"),
+    ):
+        args = ["--ckpt_path", str(checkpoint), *inputs, "--output", str(output)]
+        message = exit_message(predict.main, args)
+        assert message == f"error: --output {output} is {what}: choose another output path"
+    assert folder_state(tmp_path) == before
 
 
 def test_predict_names_a_broken_input_in_one_line(trained: Run, tmp_path: Path) -> None:

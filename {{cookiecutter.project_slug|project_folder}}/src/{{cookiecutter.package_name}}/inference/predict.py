@@ -117,13 +117,14 @@ def predict(
     num_workers: int = 0,
 ) -> Path:
     """Write predictions for ``input_path`` (None: the test split) to ``output``; return it."""
-    check_output(output)
+    check_output(output, inputs={"the checkpoint": [ckpt_path]})
     model, checkpoint = load_classifier(ckpt_path)
     if input_path is None:
         loader = test_split_loader(checkpoint)
         sources = [f"test/{index}" for index in range(len(loader.dataset))]
     else:
         paths = image_paths(input_path)
+        check_output(output, inputs={"one of the input images": paths})
         channels, image_size = model.hparams.channels, tuple(model.hparams.image_size)
         sources = [str(path) for path in paths]
         files = ImageFiles(paths, sources, channels, image_size)

@@ -2,17 +2,32 @@
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 from .errors import OutputError, one_line
 
 
-def check_output(path: Path) -> None:
-    """Refuse to write over anything but a regular file (a device, a folder, a link)."""
+def check_output(path: Path, inputs: dict[str, Sequence[Path]] | None = None) -> None:
+    """Refuse to write over anything but a regular file (a device, a folder, a link), or over
+    one of the command's own inputs, whatever path names it: ``inputs`` maps what they are
+    (e.g. "the checkpoint") to their paths."""
+    if path.exists():
+        output = path.stat()
+        for role, paths in (inputs or {}).items():
+            if any(is_file_of(output, source) for source in paths):
+                raise OutputError(f"--output {path} is {role}: choose another output path")
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise OutputError(f"{path} exists and is not a regular file: give another output path")
+
+
+def is_file_of(stat: os.stat_result, path: Path) -> bool:
+    """Whether ``path`` leads to the file ``stat`` describes (by a link, another spelling)."""
+    try:
+        return os.path.samestat(stat, path.stat())
+    except OSError:  # missing or unreadable: not the file, and the command reports it
+        return False
 
 
 @contextlib.contextmanager
