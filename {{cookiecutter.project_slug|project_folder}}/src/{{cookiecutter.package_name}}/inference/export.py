@@ -9,8 +9,8 @@
 Every format takes float32 pixel values on the 0-255 scale, shaped (N, channels, height, width)
 as in the checkpoint with any N from 1, normalizes them itself, and returns one logit per class
 (class names: the checkpoint's ``class_names``). Anything else is refused by the format's own
-runtime; the README's Export section says format by format what that covers. TorchScript is
-gone: PyTorch deprecates it in favour of these.
+runtime; the README's Export section says format by format what that covers. There is no
+TorchScript format: PyTorch deprecates it in favour of these.
 """
 
 import argparse
