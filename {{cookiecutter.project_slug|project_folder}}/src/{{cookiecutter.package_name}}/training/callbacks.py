@@ -39,6 +39,20 @@ class StopOnNonFiniteLoss(pl.Callback):
             )
 
 
+class ValidateAtStepLimit(pl.Callback):
+    """End a fit that reaches ``max_steps`` inside an epoch as an epoch end would: validation,
+    then the epoch-end callbacks (early stopping, ``last.ckpt``) with its metrics.
+
+    Lightning validates a fit that stops early when asked through ``trainer.should_stop`` (as
+    its ``max_time`` timer and early stopping ask), but not one that reaches its step limit
+    mid-epoch: early stopping would then ask for a metric no validation produced.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
 class BestCheckpoint(ModelCheckpoint):
     """The best-model checkpoint, remembering the best of a run across a resume.
 
