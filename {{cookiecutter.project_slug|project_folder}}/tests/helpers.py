@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -177,6 +178,29 @@ class PauseForSignal(pl.Callback):
 
     def on_test_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         self._pause_at(trainer, "test", args[3])
+
+
+class SigtermAtStep(pl.Callback):
+    """Send this process SIGTERM when the fit reaches one global step, as a scheduler would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class LastCheckpointSteps(pl.Callback):
+    """Keep the global step that ``last.ckpt`` holds as each training batch starts."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, int | None] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        [path] = list(Path(trainer.default_root_dir).rglob("last.ckpt")) or [None]
+        step = path and torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+        self.steps[trainer.global_step] = step
 
 
 class EpochMetrics(pl.Callback):

@@ -24,7 +24,12 @@ from .support.checkpoints import AtomicCheckpointIO, read_checkpoint
 from .support.errors import ConfigError, DatasetError, UserError, exit_in_one_line
 from .support.files import write_file
 from .support.process import configure_process, default_precision
-from .training.callbacks import BestCheckpoint, SaveRunInfo, ValidateAtStepLimit
+from .training.callbacks import (
+    BestCheckpoint,
+    ResumeLoaders,
+    SaveRunInfo,
+    ValidateAtStepLimit,
+)
 from .training.resume import check_resume
 from .training.runs import continue_run, newest_last, place_logs, run_folder
 
@@ -63,7 +68,7 @@ class TrainCLI(LightningCLI):
                 # A live progress bar in a terminal; one line per epoch in logs and batch jobs.
                 "enable_progress_bar": sys.stderr.isatty(),
                 # After the config's own (trainer.callbacks).
-                "callbacks": [ValidateAtStepLimit(), *callbacks],
+                "callbacks": [ValidateAtStepLimit(), ResumeLoaders(), *callbacks],
             },
         )
 
