@@ -22,7 +22,7 @@ from .support.files import replaced, write_file
 from .support.images import decode
 
 # Part of every cache's name: raise it when decoding changes, so old caches are not reused.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # `image_size: auto` takes the most common size, scaled down to fit this: larger images make
 # a small CNN slow and rarely help it on a few thousand images.
 MAX_AUTO_SIDE = 128
