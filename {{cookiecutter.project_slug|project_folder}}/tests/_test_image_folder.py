@@ -260,6 +260,21 @@ def test_auto_sizes_fit_the_folder_and_an_explicit_size_wins(
         data.ImageDataModule(data_dir=str(root), val_size=1, test_size=1)
 
 
+def test_swapped_class_folders_are_read_with_their_new_labels(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {"train": {"a": 4, "b": 4}})
+    train = root / "train"
+    for path in train.rglob("*.png"):  # the same names, sizes and times in both folders
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    first = module(root, val_size=2, test_size=2)
+    (train / "a").rename(train / "swap")
+    (train / "b").rename(train / "a")
+    (train / "swap").rename(train / "b")
+    second = module(root, val_size=2, test_size=2)
+    for label in (0, 1):
+        was = first.cache["images"][first.cache["labels"] == 1 - label]
+        assert torch.equal(second.cache["images"][second.cache["labels"] == label], was)
+
+
 def test_a_damaged_cache_is_read_again(tmp_path: Path) -> None:
     root = write_tree(tmp_path, {"train": {"a": 4, "b": 4}})
     first = module(root, val_size=2, test_size=2)

@@ -92,12 +92,17 @@ def visible_files(folder: Path) -> list[Path]:
     )
 
 
-def listing_key(root: Path, paths: list[Path]) -> str:
-    """What the folder holds: each file's name, size and modification time, hashed."""
+def listing_key(root: Path, paths: list[Path], labels: list[int]) -> str:
+    """What the folder holds: each file's name, label, size, times and inode, hashed.
+
+    The inode and change time tell apart files that name, size and modification time do not:
+    two class folders swapped by renaming, a file rewritten with its old time put back.
+    """
     key = hashlib.sha256()
-    for path in paths:
+    for path, label in zip(paths, labels, strict=True):
         stat = path.stat()
-        key.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        facts = (path.relative_to(root), label, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        key.update("\0".join(map(str, (*facts, stat.st_ino))).encode() + b"\n")
     return key.hexdigest()[:20]
 
 
