@@ -275,6 +275,29 @@ def test_swapped_class_folders_are_read_with_their_new_labels(tmp_path: Path) ->
         assert torch.equal(second.cache["images"][second.cache["labels"] == label], was)
 
 
+AUTO_DAMAGE = {
+    "empty": "",
+    "cut": '{"image_size": [8, ',
+    "wrong types": '{"image_size": "8x8", "channels": "1"}',
+    "zero size": '{"image_size": [0, 0], "channels": 1}',
+    "negative": '{"image_size": [-8, 8], "channels": 1}',
+    "not an object": "[8, 8]",
+}
+
+
+@pytest.mark.parametrize("damage", AUTO_DAMAGE.values(), ids=AUTO_DAMAGE.keys())
+def test_a_damaged_auto_choice_is_named_and_picked_again(tmp_path: Path, damage: str) -> None:
+    root = write_tree(tmp_path, {"train": {"a": 3, "b": 3}}, size=10)
+    first = data.ImageDataModule(data_dir=str(root), val_size=1, test_size=1)
+    [remembered] = (root / ".cache").glob("auto-*.json")
+    saved = remembered.read_text()
+    remembered.write_text(damage)
+    with pytest.warns(UserWarning, match=f"ignored the damaged {re.escape(str(remembered))}"):
+        again = data.ImageDataModule(data_dir=str(root), val_size=1, test_size=1)
+    assert (again.image_size, again.channels) == (first.image_size, first.channels) == ((10, 10), 1)
+    assert remembered.read_text() == saved, "written again, whole"
+
+
 def test_a_damaged_cache_is_read_again(tmp_path: Path) -> None:
     root = write_tree(tmp_path, {"train": {"a": 4, "b": 4}})
     first = module(root, val_size=2, test_size=2)
