@@ -298,6 +298,17 @@ def test_a_damaged_auto_choice_is_named_and_picked_again(tmp_path: Path, damage:
     assert remembered.read_text() == saved, "written again, whole"
 
 
+def test_linked_class_folders_and_sub_folders_are_followed_once(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "data", {"train": {"a": 3}})
+    elsewhere = write_tree(tmp_path / "elsewhere", {"b": {"images": 3}, "more": {"a": 2}})
+    (root / "train" / "b").symlink_to(elsewhere / "b" / "images", target_is_directory=True)
+    (root / "train" / "a" / "more").symlink_to(elsewhere / "more" / "a")
+    (root / "train" / "a" / "loop").symlink_to("..")  # back to train/: read once, no hang
+    class_names, _, labels, _ = data.list_images(root)
+    assert class_names == ["a", "b"]
+    assert labels.count(0) == 3 + 2 and labels.count(1) == 3
+
+
 def test_a_damaged_cache_is_read_again(tmp_path: Path) -> None:
     root = write_tree(tmp_path, {"train": {"a": 4, "b": 4}})
     first = module(root, val_size=2, test_size=2)
