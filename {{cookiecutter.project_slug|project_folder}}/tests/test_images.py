@@ -64,10 +64,16 @@ def test_every_format_and_mode_becomes_the_model_channels_and_size(
     assert tuple(decode(data, channels, (5, 7)).shape) == (channels, 5, 7)
     image = decode(data, channels, (HEIGHT, WIDTH))
     assert image.dtype == torch.uint8 and tuple(image.shape) == (channels, HEIGHT, WIDTH)
-    # The colours of Pillow's own conversion of the same file, within its rounding.
+    # The colours of Pillow's own conversion of the same file, composited over black by
+    # Pillow where it is transparent, within its rounding.
     with Image.open(io.BytesIO(data)) as picture:
         if picture.mode.startswith("I"):
             picture = Image.fromarray((np.asarray(picture) / 257).round().astype(np.uint8))
+        if picture.has_transparency_data:
+            rgba = picture.convert("RGBA")
+            black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+            picture = Image.alpha_composite(black, rgba)
+            picture.putalpha(rgba.getchannel("A"))
         reference = np.asarray(picture.convert(PILLOW_MODES[channels]), dtype=np.int64)
     reference = torch.from_numpy(reference.reshape(HEIGHT, WIDTH, channels)).permute(2, 0, 1)
     for column in (2, WIDTH - 3):  # inside each half

@@ -125,7 +125,7 @@ class LastCheckpoint(ModelCheckpoint):
         )
         self.every_seconds = every_minutes * 60 if every_minutes else None
         self.last_save = time.monotonic()
-        self.validation_stopped = False
+        self.in_validation = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.every_seconds is None or not self.dirpath:
@@ -140,14 +140,21 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         self.last_save = time.monotonic()
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.in_validation = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.in_validation = False  # its metrics are complete: checkpoints from now on keep them
+
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        if not self.validation_stopped:
+        if not self.in_validation:
             return
-        # Recorded as a validation stopped in its first batch, which Lightning resumes by
-        # validating again, whole; a validation stopped after its batches ends as it was (it
-        # would resume as if validated, with no metrics for early stopping or the best model).
+        # Saved during the fit's validation (a stop signal, or Lightning's SLURM checkpoint on
+        # SIGUSR1): recorded as a validation stopped in its first batch, which Lightning
+        # resumes by validating again, whole. As it is, Lightning would resume it as validated,
+        # with no metrics for early stopping or the best model.
         progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
         done = progress["total"]["completed"] - progress["current"]["completed"]
         progress["total"] = {
@@ -158,7 +165,6 @@ class LastCheckpoint(ModelCheckpoint):
         }
         progress["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
         progress["is_last_batch"] = False
-        self.validation_stopped = False
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -168,7 +174,6 @@ class LastCheckpoint(ModelCheckpoint):
         path = Path(self.dirpath or ".", LAST)
         fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
         if fitting and trainer.global_step > 0 and self.dirpath:
-            self.validation_stopped = trainer.validating
             trainer.save_checkpoint(path, weights_only=False)
         if path.is_file():
             rank_zero_info(f"Interrupted; resume with --ckpt_path {path} (or --ckpt_path last)")
