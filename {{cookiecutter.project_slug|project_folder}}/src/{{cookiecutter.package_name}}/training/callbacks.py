@@ -127,6 +127,9 @@ class LastCheckpoint(ModelCheckpoint):
         self.last_save = time.monotonic()
         self.in_validation = False
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.last_save = time.monotonic()
+
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.every_seconds is None or not self.dirpath:
             return
