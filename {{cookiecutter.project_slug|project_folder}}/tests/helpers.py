@@ -181,14 +181,23 @@ class PauseForSignal(pl.Callback):
 
 
 class SigtermAtStep(pl.Callback):
-    """Send this process SIGTERM when the fit reaches one global step, as a scheduler would."""
+    """Send this process SIGTERM, as a scheduler would, when the fit reaches one global step:
+    in that training batch ("train"), or in the first batch of the validation that follows it
+    ("validate")."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, stage: str = "train") -> None:
+        self.step, self.stage = step, stage
+
+    def _stop_at(self, trainer: pl.Trainer, stage: str) -> None:
+        if (stage, trainer.global_step) == (self.stage, self.step):
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+        self._stop_at(trainer, "train")
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if not trainer.sanity_checking and args[3] == 0:
+            self._stop_at(trainer, "validate")
 
 
 class LastCheckpointSteps(pl.Callback):

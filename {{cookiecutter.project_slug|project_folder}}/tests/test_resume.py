@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from helpers import QUICK_FIT, Fit, LastCheckpointSteps, SigtermAtStep, callbacks_flag, command
+from helpers import (
+    QUICK_FIT,
+    EpochMetrics,
+    Fit,
+    LastCheckpointSteps,
+    SigtermAtStep,
+    callbacks_flag,
+    command,
+)
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
@@ -31,23 +39,38 @@ def train_command(data_flags: list[str], *extra: str) -> list[str]:
     )
 
 
+# Dropout draws random numbers in every step: a resumed fit must draw the same ones.
+DROPOUT = ["--trainer.logger=false", "--model.net.init_args.dropout=0.5"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(fit: Fit, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The final weights of the fit that the stopped ones are compared with."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    fit(workdir, *DROPOUT)
+    return read_checkpoint(workdir / "logs" / "checkpoints" / "last.ckpt")["state_dict"]
+
+
+@pytest.mark.parametrize("stage", ["train", "validate"])
 def test_a_fit_stopped_mid_epoch_resumes_to_the_same_weights(
-    fit: Fit, tmp_path: Path, steps_per_epoch: int
+    stage: str,
+    fit: Fit,
+    tmp_path: Path,
+    steps_per_epoch: int,
+    uninterrupted: dict[str, torch.Tensor],
 ) -> None:
-    # Dropout draws random numbers in every step: the resumed fit must draw the same ones.
-    flags = ["--trainer.logger=false", "--model.net.init_args.dropout=0.5"]
-    uninterrupted, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
-    for folder in (uninterrupted, stopped):
-        folder.mkdir()
-    fit(uninterrupted, *flags)
+    # Inside the second epoch's training, or in the first epoch's validation.
+    step = steps_per_epoch + 3 if stage == "train" else steps_per_epoch
     with pytest.raises(SIGTERMException):
-        fit(stopped, *flags, callbacks=[SigtermAtStep(steps_per_epoch + 3)])
-    last = stopped / "logs" / "checkpoints" / "last.ckpt"
-    assert read_checkpoint(last)["global_step"] == steps_per_epoch + 3
-    fit(stopped, *flags, "--ckpt_path=last")
-    expected = read_checkpoint(uninterrupted / "logs" / "checkpoints" / "last.ckpt")["state_dict"]
+        fit(tmp_path, *DROPOUT, callbacks=[SigtermAtStep(step, stage)])
+    last = tmp_path / "logs" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == step
+    epochs = EpochMetrics()
+    fit(tmp_path, *DROPOUT, "--ckpt_path=last", callbacks=[epochs])
     resumed = read_checkpoint(last)["state_dict"]
-    assert all(torch.equal(resumed[name], expected[name]) for name in expected)
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
+    validations = 2 if stage == "validate" else 1
+    assert len(epochs.history) == validations, "a stopped validation is run again, whole"
 
 
 def test_last_checkpoint_is_also_written_every_few_minutes_of_training(
