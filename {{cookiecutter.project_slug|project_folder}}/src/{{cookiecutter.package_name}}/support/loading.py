@@ -135,5 +135,7 @@ def rng() -> dict[str, Any]:
 
 def set_rng(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["cpu"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    cuda = states.get("cuda", [])
+    # Only onto as many GPUs as saved them: on others, the fit goes on with their own.
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
