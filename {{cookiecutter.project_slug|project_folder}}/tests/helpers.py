@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
+from pytorch_lightning.callbacks import Timer
 
 from {{ cookiecutter.package_name }}.train import TrainCLI, train
 
@@ -198,6 +200,21 @@ class SigtermAtStep(pl.Callback):
     def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if not trainer.sanity_checking and args[3] == 0:
             self._stop_at(trainer, "validate")
+
+
+class TimeUpAtStep(Timer):
+    """Lightning's timer of ``--trainer.max_time``, its time up when the fit reaches a step."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(duration=timedelta(days=1))
+        self.step, self.now = step, 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.now = trainer.global_step
+        super().on_train_batch_end(trainer, *args)
+
+    def time_elapsed(self, *args: Any) -> float:
+        return timedelta(days=1).total_seconds() if self.now >= self.step else 0.0
 
 
 class LastCheckpointSteps(pl.Callback):

@@ -98,6 +98,7 @@ def test_bad_values_are_one_line_errors(
     [
         (["--trainer.max_epochs=0"], "--trainer.max_epochs 0 trains nothing"),
         (["--trainer.max_steps=0"], "--trainer.max_steps 0 trains nothing"),
+        (["--trainer.max_time=00:00:00:00"], "--trainer.max_time 00:00:00:00 trains nothing"),
         (["--trainer.max_epochs=-1"], "set --trainer.max_epochs or --trainer.max_steps, or"),
     ],
 )

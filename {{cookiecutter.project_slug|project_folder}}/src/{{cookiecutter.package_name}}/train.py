@@ -141,6 +141,12 @@ def check_length(trainer: Namespace, scheduler: Any) -> None:
             raise ConfigError(
                 f"--trainer.{name} 0 trains nothing: give a positive number (-1: no limit)"
             )
+    max_time = trainer.get("max_time")  # "DD:HH:MM:SS" or {"hours": ..., ...}
+    values = max_time.values() if isinstance(max_time, dict) else [str(max_time).strip("0:")]
+    if max_time is not None and not any(values):
+        raise ConfigError(
+            f"--trainer.max_time {max_time} trains nothing: give a positive time (DD:HH:MM:SS)"
+        )
     unbounded = trainer.get("max_epochs") == -1 and trainer.get("max_steps") in (-1, None)
     if unbounded and scheduler is not None:
         raise ConfigError(
