@@ -23,7 +23,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
 from {{ cookiecutter.package_name }}.train import DEFAULT_CONFIG
-from {{ cookiecutter.package_name }}.training.callbacks import BestCheckpoint, LastCheckpoint
+from {{ cookiecutter.package_name }}.training.callbacks import (
+    BestCheckpoint,
+    LastCheckpoint,
+)
 
 EPOCHS = 3
 

@@ -8,7 +8,7 @@ import pytest
 from helpers import EpochMetrics, Fit, StepValues, TimeUpAtStep, decoded_size, read_rows
 from pytorch_lightning import Callback
 
-from mnist_lab.support.checkpoints import read_checkpoint
+from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
 
 PICTURES = ("confusion_matrix.png", "misclassified.png")
 
