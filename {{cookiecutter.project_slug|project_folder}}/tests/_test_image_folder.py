@@ -260,6 +260,55 @@ def test_auto_sizes_fit_the_folder_and_an_explicit_size_wins(
         data.ImageDataModule(data_dir=str(root), val_size=1, test_size=1)
 
 
+def test_swapped_class_folders_are_read_with_their_new_labels(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {"train": {"a": 4, "b": 4}})
+    train = root / "train"
+    for path in train.rglob("*.png"):  # the same names, sizes and times in both folders
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    first = module(root, val_size=2, test_size=2)
+    (train / "a").rename(train / "swap")
+    (train / "b").rename(train / "a")
+    (train / "swap").rename(train / "b")
+    second = module(root, val_size=2, test_size=2)
+    for label in (0, 1):
+        was = first.cache["images"][first.cache["labels"] == 1 - label]
+        assert torch.equal(second.cache["images"][second.cache["labels"] == label], was)
+
+
+AUTO_DAMAGE = {
+    "empty": "",
+    "cut": '{"image_size": [8, ',
+    "wrong types": '{"image_size": "8x8", "channels": "1"}',
+    "zero size": '{"image_size": [0, 0], "channels": 1}',
+    "negative": '{"image_size": [-8, 8], "channels": 1}',
+    "not an object": "[8, 8]",
+}
+
+
+@pytest.mark.parametrize("damage", AUTO_DAMAGE.values(), ids=AUTO_DAMAGE.keys())
+def test_a_damaged_auto_choice_is_named_and_picked_again(tmp_path: Path, damage: str) -> None:
+    root = write_tree(tmp_path, {"train": {"a": 3, "b": 3}}, size=10)
+    first = data.ImageDataModule(data_dir=str(root), val_size=1, test_size=1)
+    [remembered] = (root / ".cache").glob("auto-*.json")
+    saved = remembered.read_text()
+    remembered.write_text(damage)
+    with pytest.warns(UserWarning, match=f"ignored the damaged {re.escape(str(remembered))}"):
+        again = data.ImageDataModule(data_dir=str(root), val_size=1, test_size=1)
+    assert (again.image_size, again.channels) == (first.image_size, first.channels) == ((10, 10), 1)
+    assert remembered.read_text() == saved, "written again, whole"
+
+
+def test_linked_class_folders_and_sub_folders_are_followed_once(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "data", {"train": {"a": 3}})
+    elsewhere = write_tree(tmp_path / "elsewhere", {"b": {"images": 3}, "more": {"a": 2}})
+    (root / "train" / "b").symlink_to(elsewhere / "b" / "images", target_is_directory=True)
+    (root / "train" / "a" / "more").symlink_to(elsewhere / "more" / "a")
+    (root / "train" / "a" / "loop").symlink_to("..")  # back to train/: read once, no hang
+    class_names, _, labels, _ = data.list_images(root)
+    assert class_names == ["a", "b"]
+    assert labels.count(0) == 3 + 2 and labels.count(1) == 3
+
+
 def test_a_damaged_cache_is_read_again(tmp_path: Path) -> None:
     root = write_tree(tmp_path, {"train": {"a": 4, "b": 4}})
     first = module(root, val_size=2, test_size=2)

@@ -7,12 +7,14 @@ import io
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
+from pytorch_lightning.callbacks import Timer
 
 from {{ cookiecutter.package_name }}.train import TrainCLI, train
 
@@ -177,6 +180,53 @@ class PauseForSignal(pl.Callback):
 
     def on_test_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         self._pause_at(trainer, "test", args[3])
+
+
+class SigtermAtStep(pl.Callback):
+    """Send this process SIGTERM, as a scheduler would, when the fit reaches one global step:
+    in that training batch ("train"), or in the first batch of the validation that follows it
+    ("validate")."""
+
+    def __init__(self, step: int, stage: str = "train") -> None:
+        self.step, self.stage = step, stage
+
+    def _stop_at(self, trainer: pl.Trainer, stage: str) -> None:
+        if (stage, trainer.global_step) == (self.stage, self.step):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._stop_at(trainer, "train")
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if not trainer.sanity_checking and args[3] == 0:
+            self._stop_at(trainer, "validate")
+
+
+class TimeUpAtStep(Timer):
+    """Lightning's timer of ``--trainer.max_time``, its time up when the fit reaches a step."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(duration=timedelta(days=1))
+        self.step, self.now = step, 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.now = trainer.global_step
+        super().on_train_batch_end(trainer, *args)
+
+    def time_elapsed(self, *args: Any) -> float:
+        return timedelta(days=1).total_seconds() if self.now >= self.step else 0.0
+
+
+class LastCheckpointSteps(pl.Callback):
+    """Keep the global step that ``last.ckpt`` holds as each training batch starts."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, int | None] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        [path] = list(Path(trainer.default_root_dir).rglob("last.ckpt")) or [None]
+        step = path and torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+        self.steps[trainer.global_step] = step
 
 
 class EpochMetrics(pl.Callback):

@@ -93,6 +93,22 @@ def test_bad_values_are_one_line_errors(
     assert not list(workdir.rglob("*.ckpt"))
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--trainer.max_epochs=0"], "--trainer.max_epochs 0 trains nothing"),
+        (["--trainer.max_steps=0"], "--trainer.max_steps 0 trains nothing"),
+        (["--trainer.max_time=00:00:00:00"], "--trainer.max_time 00:00:00:00 trains nothing"),
+        (["--trainer.max_epochs=-1"], "set --trainer.max_epochs or --trainer.max_steps, or"),
+    ],
+)
+def test_a_fit_without_length_or_end_is_refused_before_writing(
+    flags: list[str], message: str, data_flags: list[str], workdir: Path
+) -> None:
+    assert message in exit_message(train.main, [*data_flags, *QUICK_FIT, *flags])
+    assert not list(workdir.iterdir()), "nothing written, not even an empty run folder"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_asking_for_a_missing_gpu_is_a_one_line_error(data_flags: list[str], workdir: Path) -> None:
     argv = [*data_flags, *QUICK_FIT, "--trainer.accelerator=gpu"]

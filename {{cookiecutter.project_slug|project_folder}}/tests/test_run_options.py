@@ -5,9 +5,32 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import Fit, StepValues, decoded_size, read_rows
+from helpers import EpochMetrics, Fit, StepValues, TimeUpAtStep, decoded_size, read_rows
+from pytorch_lightning import Callback
+
+from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
 
 PICTURES = ("confusion_matrix.png", "misclassified.png")
+
+
+@pytest.mark.parametrize("limit", ["max_steps", "max_time"])
+def test_a_limit_reached_inside_an_epoch_ends_with_validation_checkpoints_and_test(
+    limit: str, fit: Fit, tmp_path: Path, steps_per_epoch: int
+) -> None:
+    steps = steps_per_epoch + 3  # 3 batches into the second epoch
+    epochs = EpochMetrics()
+    callbacks: list[Callback] = [epochs]
+    flags = ["--trainer.max_epochs=5"]
+    if limit == "max_steps":
+        flags.append(f"--trainer.max_steps={steps}")
+    else:
+        callbacks.append(TimeUpAtStep(steps))
+    cli = fit(tmp_path, *flags, callbacks=callbacks)
+    assert cli.trainer.global_step == steps
+    assert len(epochs.history) == 2, "the partial epoch is validated too"
+    [last] = tmp_path.glob("logs/**/checkpoints/last.ckpt")
+    assert read_checkpoint(last)["global_step"] == steps
+    assert (last.parent.parent / "test_metrics.json").is_file()
 
 
 CSV_LOGGER = json.dumps(

@@ -17,12 +17,12 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .support.errors import DatasetError, OutputError
+from .support.errors import DatasetError, OutputError, one_line
 from .support.files import replaced, write_file
 from .support.images import decode
 
 # Part of every cache's name: raise it when decoding changes, so old caches are not reused.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # `image_size: auto` takes the most common size, scaled down to fit this: larger images make
 # a small CNN slow and rarely help it on a few thousand images.
 MAX_AUTO_SIDE = 128
@@ -54,9 +54,8 @@ def auto_sizes(paths: list[Path], cache_dir: Path, key: str) -> tuple[tuple[int,
     """The most common image size, scaled down to at most MAX_AUTO_SIDE pixels a side, and 1
     channel when every image is grayscale, else 3. Remembered for this state of the folder."""
     remembered = cache_dir / f"auto-{key}.json"
-    if remembered.is_file():
-        picked = json.loads(remembered.read_text())
-        return tuple(picked["image_size"]), picked["channels"]
+    if picked := read_remembered(remembered):
+        return picked
     headers = [header for header in in_processes(Headers(paths)) if header is not None]
     if not headers:
         raise DatasetError(f"none of the {len(paths)} images can be read")
@@ -73,6 +72,25 @@ def auto_sizes(paths: list[Path], cache_dir: Path, key: str) -> tuple[tuple[int,
         write_file, remembered, json.dumps({"image_size": size, "channels": channels})
     )
     return size, channels
+
+
+def read_remembered(path: Path) -> tuple[tuple[int, int], int] | None:
+    """The sizes ``auto`` remembered in ``path``, or None when it has none: missing, or damaged
+    (cut, emptied, edited), which is said in one line; the caller then writes it anew."""
+    if not path.is_file():
+        return None
+    try:
+        picked = json.loads(path.read_text())
+        height, width = picked["image_size"]
+        channels = picked["channels"]
+        sizes = (height, width, channels)
+        if not all(type(value) is int and value > 0 for value in sizes) or channels not in (1, 3):
+            raise ValueError(f"image_size {picked['image_size']}, channels {channels}")
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as error:
+        reason = "not valid JSON" if isinstance(error, json.JSONDecodeError) else one_line(error)
+        rank_zero_warn(f"ignored the damaged {path} ({reason}); it is written again")
+        return None
+    return (height, width), channels
 
 
 def in_processes(dataset: Dataset) -> Iterator[Any]:

@@ -2,6 +2,7 @@
 split, a key of the folder's state, and the splits held out of train/ (see data.py)."""
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -83,21 +84,35 @@ def list_images(root: Path) -> tuple[list[str], list[Path], list[int], list[int]
 
 
 def visible_files(folder: Path) -> list[Path]:
-    """The files under ``folder`` at any depth, sorted, leaving out hidden files and folders."""
-    files = (path for path in folder.rglob("*") if path.is_file())
-    return sorted(
-        path
-        for path in files
-        if not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+    """The files under ``folder`` at any depth, sorted, leaving out hidden files and folders.
+
+    Links to folders are followed, as torchvision's ``ImageFolder`` follows them, except a
+    link back to ``folder`` or above it (a loop); a folder linked twice is read once.
+    """
+    files, seen, top = [], set(), folder.resolve()
+    for current, folders, names in os.walk(folder, followlinks=True):
+        real = Path(current).resolve()
+        if real in seen or (real != top and top.is_relative_to(real)):
+            folders.clear()
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        paths = (Path(current, name) for name in names if not name.startswith("."))
+        files += [path for path in paths if path.is_file()]
+    return sorted(files)
 
 
-def listing_key(root: Path, paths: list[Path]) -> str:
-    """What the folder holds: each file's name, size and modification time, hashed."""
+def listing_key(root: Path, paths: list[Path], labels: list[int]) -> str:
+    """What the folder holds: each file's name, label, size, times and inode, hashed.
+
+    The inode and change time tell apart files that name, size and modification time do not:
+    two class folders swapped by renaming, a file rewritten with its old time put back.
+    """
     key = hashlib.sha256()
-    for path in paths:
+    for path, label in zip(paths, labels, strict=True):
         stat = path.stat()
-        key.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        facts = (path.relative_to(root), label, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        key.update("\0".join(map(str, (*facts, stat.st_ino))).encode() + b"\n")
     return key.hexdigest()[:20]
 
 

@@ -136,7 +136,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".cache"
         class_names, paths, labels, splits = list_images(self.root)
         self.class_names = tuple(class_names)
-        key = listing_key(self.root, paths)
+        key = listing_key(self.root, paths, labels)
         if "auto" in (image_size, channels):
             picked_size, picked_channels = auto_sizes(paths, self.cache_dir, key)
             if image_size == "auto":

@@ -24,7 +24,12 @@ from .support.checkpoints import AtomicCheckpointIO, read_checkpoint
 from .support.errors import ConfigError, DatasetError, UserError, exit_in_one_line
 from .support.files import write_file
 from .support.process import configure_process, default_precision
-from .training.callbacks import BestCheckpoint, SaveRunInfo
+from .training.callbacks import (
+    BestCheckpoint,
+    ResumeLoaders,
+    SaveRunInfo,
+    ValidateAtStepLimit,
+)
 from .training.resume import check_resume
 from .training.runs import continue_run, newest_last, place_logs, run_folder
 
@@ -63,7 +68,7 @@ class TrainCLI(LightningCLI):
                 # A live progress bar in a terminal; one line per epoch in logs and batch jobs.
                 "enable_progress_bar": sys.stderr.isatty(),
                 # After the config's own (trainer.callbacks).
-                "callbacks": list(callbacks),
+                "callbacks": [ValidateAtStepLimit(), ResumeLoaders(), *callbacks],
             },
         )
 
@@ -93,6 +98,7 @@ class TrainCLI(LightningCLI):
         if self.parse_only:
             return
         config = self.config
+        check_length(config.trainer, config.model.scheduler)
         # The config's logger writes under the default root folder; with another
         # --trainer.default_root_dir its logs move along, as Lightning's own default logger's do.
         default_root = self.parser.get_defaults().trainer.default_root_dir
@@ -125,6 +131,28 @@ class TrainCLI(LightningCLI):
             if isinstance(error.__cause__, UserError):
                 raise error.__cause__ from None
             raise
+
+
+def check_length(trainer: Namespace, scheduler: Any) -> None:
+    """Refuse, before anything is written, a fit that trains nothing, or one without end whose
+    schedule is planned over the run's steps."""
+    for name in ("max_epochs", "max_steps"):
+        if trainer.get(name) == 0:
+            raise ConfigError(
+                f"--trainer.{name} 0 trains nothing: give a positive number (-1: no limit)"
+            )
+    max_time = trainer.get("max_time")  # "DD:HH:MM:SS" or {"hours": ..., ...}
+    values = max_time.values() if isinstance(max_time, dict) else [str(max_time).strip("0:")]
+    if max_time is not None and not any(values):
+        raise ConfigError(
+            f"--trainer.max_time {max_time} trains nothing: give a positive time (DD:HH:MM:SS)"
+        )
+    unbounded = trainer.get("max_epochs") == -1 and trainer.get("max_steps") in (-1, None)
+    if unbounded and scheduler is not None:
+        raise ConfigError(
+            "--trainer.max_epochs -1 has no end, but the learning-rate schedule spans the run's "
+            "steps: set --trainer.max_epochs or --trainer.max_steps, or --model.scheduler null"
+        )
 
 
 def data_fact(name: str) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import resize
@@ -42,6 +42,8 @@ def decode(data: bytes, channels: int, image_size: tuple[int, int]) -> Tensor:
                     f"the image has {pixels:,} pixels, more than the {MAX_PIXELS:,} allowed"
                 )
             picture.load()  # an animated image: its first frame
+            # Upright as a viewer shows it: cameras store the sensor's rows and an EXIF tag.
+            picture = ImageOps.exif_transpose(picture)
             array = np.asarray(converted(picture, PILLOW_MODES[channels]))
     except ImageError:
         raise
@@ -60,11 +62,21 @@ def decode(data: bytes, channels: int, image_size: tuple[int, int]) -> Tensor:
 
 
 def converted(picture: Image.Image, mode: str) -> Image.Image:
-    """The picture in ``mode``; 16- and 32-bit grayscale scaled to 8 bits, not truncated."""
+    """The picture in ``mode``; 16- and 32-bit grayscale scaled to 8 bits, not truncated.
+
+    Transparency, one rule for every format and channel count: each pixel's colour is
+    composited over black (multiplied by its opacity, "premultiplied"), so a fully transparent
+    pixel is black whatever colour the file keeps under it; 2 and 4 channels keep the opacity
+    beside it.
+    """
     if picture.mode.startswith(("I", "F")):
         values = np.asarray(picture, dtype=np.float64)
         top = 65535 if picture.mode.startswith("I;16") else max(values.max(), 1)
         picture = Image.fromarray((values * (255 / top)).round().clip(0, 255).astype(np.uint8))
+    if picture.has_transparency_data:
+        rgba = np.asarray(picture.convert("RGBA"), dtype=np.uint16)
+        rgba[..., :3] = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
+        picture = Image.fromarray(rgba.astype(np.uint8))  # (Pillow's RGBA -> L drops opacity)
     return picture.convert(mode)
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import platform
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,36 @@ class StopOnNonFiniteLoss(pl.Callback):
             )
 
 
+class ValidateAtStepLimit(pl.Callback):
+    """End a fit that reaches ``max_steps`` inside an epoch as an epoch end would: validation,
+    then the epoch-end callbacks (early stopping, ``last.ckpt``) with its metrics.
+
+    Lightning validates a fit that stops early when asked through ``trainer.should_stop`` (as
+    its ``max_time`` timer and early stopping ask), but not one that reaches its step limit
+    mid-epoch: early stopping would then ask for a metric no validation produced.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+class ResumeLoaders(pl.Callback):
+    """Hand a resumed fit's training loaders the state its checkpoint saved for them.
+
+    Lightning loads that state only when it makes the loaders after restoring the checkpoint;
+    the schedule's ``trainer.estimated_stepping_batches`` makes them before, and the state is
+    dropped (pytorch-lightning issue #20550). Here it is loaded as training starts, and the
+    loaders start again from it.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loop = trainer.fit_loop
+        if loop.restarting and loop._combined_loader_states_to_load and loop._data_fetcher:
+            loop._load_combined_loader_states()
+            iter(loop._data_fetcher)
+
+
 class BestCheckpoint(ModelCheckpoint):
     """The best-model checkpoint, remembering the best of a run across a resume.
 
@@ -62,19 +93,27 @@ class BestCheckpoint(ModelCheckpoint):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """Keep ``checkpoints/last.ckpt`` at the latest epoch end, or where training was interrupted.
+    """Keep ``checkpoints/last.ckpt`` at the latest epoch end, every ``every_minutes`` of
+    training, and where a stop signal ends the fit, for ``--ckpt_path`` to resume.
 
-    Ctrl-C or SIGTERM (a scheduler's stop) during a training step saves a mid-epoch
-    ``last.ckpt`` that ``--ckpt_path`` resumes. During validation or the sanity check they
-    save nothing new: ``last.ckpt`` stays at the previous epoch end, and resuming repeats the
-    interrupted epoch (Lightning cannot resume half a validation run). During the final test
-    they leave it alone too, so it always holds the latest training state. Errors never write
-    it: a crash, a bad argument or a diverged loss is not worth resuming. (A callback of its
-    own because ``save_last`` of the best-model checkpoint only refreshes ``last.ckpt`` in
-    epochs that also improve the best model.)
+    Ctrl-C or SIGTERM (a scheduler's stop) during a training step or the fit's validation
+    saves ``last.ckpt`` there: its training loader's position and random numbers included, so
+    a resumed fit goes on with the same batches and ends with the same weights as an
+    uninterrupted one (a stop during validation validates again). During the sanity check
+    nothing is trained yet; during the final test ``last.ckpt`` is left alone, so it always
+    holds the latest training state. A kill that leaves no time to save (SIGKILL, a power cut)
+    loses at most ``every_minutes`` of training. Errors never write it: a crash, a bad argument
+    or a diverged loss is not worth resuming. (A callback of its own because ``save_last`` of
+    the best-model checkpoint only refreshes ``last.ckpt`` in epochs that also improve the
+    best model, and Lightning's ``train_time_interval`` would replace the epoch-end saves.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, every_minutes: float | None = 30.0) -> None:
+        """
+        Args:
+            every_minutes: Minutes of training between saves inside an epoch; None: only at
+                epoch ends and stops.
+        """
         name = LAST.removesuffix(self.FILE_EXTENSION)
         super().__init__(
             filename=name,
@@ -84,6 +123,51 @@ class LastCheckpoint(ModelCheckpoint):
             # At the epoch's very end, after its validation and the best-model checkpoint.
             save_on_train_epoch_end=True,
         )
+        self.every_seconds = every_minutes * 60 if every_minutes else None
+        self.last_save = time.monotonic()
+        self.in_validation = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.last_save = time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.every_seconds is None or not self.dirpath:
+            return
+        # Every process saves together: process 0's clock decides.
+        due = trainer.strategy.broadcast(time.monotonic() - self.last_save >= self.every_seconds)
+        if due:
+            trainer.save_checkpoint(Path(self.dirpath, LAST), weights_only=False)
+            self.last_save = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self.last_save = time.monotonic()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.in_validation = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.in_validation = False  # its metrics are complete: checkpoints from now on keep them
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if not self.in_validation:
+            return
+        # Saved during the fit's validation (a stop signal, or Lightning's SLURM checkpoint on
+        # SIGUSR1): recorded as a validation stopped in its first batch, which Lightning
+        # resumes by validating again, whole. As it is, Lightning would resume it as validated,
+        # with no metrics for early stopping or the best model.
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+        done = progress["total"]["completed"] - progress["current"]["completed"]
+        progress["total"] = {
+            "ready": done + 1,
+            "started": done + 1,
+            "processed": done,
+            "completed": done,
+        }
+        progress["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+        progress["is_last_batch"] = False
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -91,13 +175,13 @@ class LastCheckpoint(ModelCheckpoint):
         if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
             return
         path = Path(self.dirpath or ".", LAST)
-        fitting = trainer.state.fn == TrainerFn.FITTING
-        if fitting and trainer.training and trainer.global_step > 0 and self.dirpath:
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if fitting and trainer.global_step > 0 and self.dirpath:
             trainer.save_checkpoint(path, weights_only=False)
         if path.is_file():
             rank_zero_info(f"Interrupted; resume with --ckpt_path {path} (or --ckpt_path last)")
         else:
-            rank_zero_info("Interrupted before the first epoch ended; there is nothing to resume")
+            rank_zero_info("Interrupted before the first training step; there is nothing to resume")
 
 
 class SaveRunInfo(SaveConfigCallback):
