@@ -73,7 +73,13 @@ def in_processes(dataset: Dataset) -> Iterator[Any]:
     """Every item of ``dataset``, in order, computed by as many processes as there are cores
     (decoding holds the GIL, so only processes run it in parallel)."""
     workers = (os.cpu_count() or 1) if len(dataset) >= 200 else 0
-    for batch in DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=list):
+    # Its own generator: the workers' seeds are otherwise drawn from the global RNG, and the
+    # network, built after the data, would start from other weights on a folder's first run
+    # than on the runs that read the cache.
+    loader = DataLoader(
+        dataset, batch_size=64, num_workers=workers, collate_fn=list, generator=torch.Generator()
+    )
+    for batch in loader:
         yield from batch
 
 
