@@ -3,6 +3,7 @@ the backbone frozen and then trained at a lower rate, and a resumed fit ending w
 weights in either phase. Nothing here reaches a hub: the "pretrained" weights are a small timm
 model's own, saved to a file by the tests."""
 
+import json
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -12,13 +13,14 @@ import pytest
 import pytorch_lightning as pl
 import timm
 import torch
-from helpers import QUICK_FIT, Fit, command
+from helpers import PACKAGE, QUICK_FIT, Fit, command
 from safetensors.torch import save_file
 from timm.models import adapt_input_conv
 
 from {{ cookiecutter.package_name }}.model import ImageClassifier
 from {{ cookiecutter.package_name }}.nets import Backbone
 from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
+from {{ cookiecutter.package_name }}.train import TrainCLI
 
 # timm's smallest ResNet (0.4 M parameters, with BatchNorm): fits in seconds on a CPU.
 NAME = "test_resnet"
@@ -143,25 +145,6 @@ class Watch(pl.Callback):
         self._keep(pl_module)
 
 
-def test_backbone_is_frozen_for_the_first_epoch_then_trained_at_a_tenth_of_the_rate(
-    fit: Fit, backbone_flags: list[str], tmp_path: Path
-) -> None:
-    watch = Watch()
-    cli = fit(tmp_path, *backbone_flags, callbacks=[watch])
-    config = cli.model.net.model.pretrained_cfg
-    head, stem = f"model.{config['classifier']}.", f"model.{config['first_conv']}.weight"
-    start, frozen, trained = watch.states
-    backbone = [key for key in start if not key.startswith(head)]
-    # Frozen: no weight moves, and BatchNorm (eval mode) keeps its pretrained statistics.
-    assert all(torch.equal(frozen[key], start[key]) for key in backbone)
-    assert not torch.equal(frozen[f"{head}weight"], start[f"{head}weight"])
-    changed = [key for key in backbone if not torch.equal(trained[key], frozen[key])]
-    assert any(key.endswith("running_mean") for key in changed)
-    assert stem in changed
-    # The backbone's group runs at backbone_lr_ratio (0.1) of the classifier's, every step.
-    assert all(rate == pytest.approx(0.1 * head_rate) for rate, head_rate in watch.rates)
-
-
 class SeedEachEpoch(pl.Callback):
     """Seed each epoch's shuffle and augmentation by the epoch's number alone, however many
     epochs this process ran before (Lightning keeps no RNG state in checkpoints)."""
@@ -186,17 +169,29 @@ class StopAfterEpoch(pl.Callback):
             trainer.should_stop = True
 
 
-def last_weights(workdir: Path) -> dict[str, torch.Tensor]:
+def last_checkpoint(workdir: Path) -> dict[str, Any]:
     [last] = workdir.glob("logs/**/checkpoints/last.ckpt")
-    return read_checkpoint(last)["state_dict"]
+    return read_checkpoint(last)
+
+
+# The backbone frozen for two epochs of four, two batches each; of the config's callbacks only
+# last.ckpt's, which the resumed fits start from.
+FREEZE_EPOCHS = 2
+CALLBACKS = [
+    {"class_path": f"{PACKAGE}.training.callbacks.LastCheckpoint"},
+    {
+        "class_path": f"{PACKAGE}.training.finetuning.FreezeBackbone",
+        "init_args": {"freeze_epochs": FREEZE_EPOCHS},
+    },
+]
 
 
 @pytest.fixture(scope="module")
-def resume_flags(backbone_flags: list[str]) -> list[str]:
-    # Epoch 0 frozen, 1 and 2 trained; two batches an epoch keep the fits quick.
+def fit_flags(backbone_flags: list[str]) -> list[str]:
     return [
         *backbone_flags,
-        "--trainer.max_epochs=3",
+        f"--trainer.callbacks={json.dumps(CALLBACKS)}",
+        "--trainer.max_epochs=4",
         "--trainer.limit_train_batches=2",
         "--trainer.deterministic=true",
     ]
@@ -204,28 +199,50 @@ def resume_flags(backbone_flags: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(
-    fit: Fit, resume_flags: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, torch.Tensor]:
-    """The final weights of the fit that the resumed ones must end with."""
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    fit(workdir, *resume_flags, callbacks=[SeedEachEpoch()])
-    return last_weights(workdir)
+    fit: Fit, fit_flags: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainCLI, Watch]:
+    """A fit from start to end, and what it watched."""
+    watch = Watch()
+    cli = fit(
+        tmp_path_factory.mktemp("uninterrupted"), *fit_flags, callbacks=[SeedEachEpoch(), watch]
+    )
+    return cli, watch
 
 
-@pytest.mark.parametrize(("stop_after", "phase"), [(0, "frozen"), (1, "trained")])
-def test_resuming_from_either_phase_ends_with_the_uninterrupted_weights(
-    fit: Fit,
-    resume_flags: list[str],
-    uninterrupted: dict[str, torch.Tensor],
-    stop_after: int,
-    phase: str,
-    tmp_path: Path,
+def test_backbone_is_frozen_for_the_first_epochs_then_trained_at_a_tenth_of_the_rate(
+    uninterrupted: tuple[TrainCLI, Watch],
 ) -> None:
-    fit(tmp_path, *resume_flags, callbacks=[SeedEachEpoch(), StopAfterEpoch(stop_after)])
-    stopped = read_checkpoint(next(tmp_path.glob("logs/**/checkpoints/last.ckpt")))
-    assert stopped["epoch"] == stop_after
-    fit(tmp_path, *resume_flags, "--ckpt_path=last", callbacks=[SeedEachEpoch()])
-    weights = last_weights(tmp_path)
-    assert set(weights) == set(uninterrupted)
-    different = [key for key in weights if not torch.equal(weights[key], uninterrupted[key])]
-    assert not different, f"resumed in the {phase} phase, these differ: {different[:5]}"
+    cli, watch = uninterrupted
+    config = cli.model.net.model.pretrained_cfg
+    head, stem = f"model.{config['classifier']}.", f"model.{config['first_conv']}.weight"
+    start, *_, frozen, trained = watch.states[: FREEZE_EPOCHS + 2]
+    backbone = [key for key in start if not key.startswith(head)]
+    # Frozen: no weight moves, and BatchNorm (eval mode) keeps its pretrained statistics.
+    assert all(torch.equal(frozen[key], start[key]) for key in backbone)
+    assert not torch.equal(frozen[f"{head}weight"], start[f"{head}weight"])
+    changed = [key for key in backbone if not torch.equal(trained[key], frozen[key])]
+    assert any(key.endswith("running_mean") for key in changed)
+    assert stem in changed
+    # The backbone's group runs at backbone_lr_ratio (0.1) of the classifier's, every step.
+    assert all(rate == pytest.approx(0.1 * head_rate) for rate, head_rate in watch.rates)
+
+
+def test_fits_resumed_in_the_frozen_and_in_the_trained_phase_keep_the_same_weights(
+    fit: Fit, fit_flags: list[str], uninterrupted: tuple[TrainCLI, Watch], tmp_path: Path
+) -> None:
+    _, watch = uninterrupted
+    fit(tmp_path, *fit_flags, callbacks=[SeedEachEpoch(), StopAfterEpoch(0)])
+    # Stopped in the frozen phase, resumed to a frozen epoch, the unfreezing and a stop in the
+    # trained phase; then resumed from there to the end.
+    for stopped_after, stop_at, phase in (
+        (0, FREEZE_EPOCHS, "frozen"),
+        (FREEZE_EPOCHS, 3, "trained"),
+    ):
+        assert last_checkpoint(tmp_path)["epoch"] == stopped_after
+        resume = [SeedEachEpoch(), StopAfterEpoch(stop_at)]
+        fit(tmp_path, *fit_flags, "--ckpt_path=last", callbacks=resume)
+        weights = last_checkpoint(tmp_path)["state_dict"]
+        expected = {f"net.{key}": value for key, value in watch.states[stop_at + 1].items()}
+        assert set(weights) >= set(expected)
+        different = [key for key in expected if not torch.equal(weights[key], expected[key])]
+        assert not different, f"resumed in the {phase} phase, these differ: {different[:5]}"
