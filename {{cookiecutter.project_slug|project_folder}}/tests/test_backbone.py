@@ -54,6 +54,7 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def backbone_flags(weights_file: Path) -> list[str]:
     return [
         f"--model.net.init_args.name={NAME}",
+        "--model.net.init_args.pretrained=true",
         f"--model.net.init_args.weights_file={weights_file}",
         *QUICK_EVALUATION,
     ]
@@ -110,7 +111,13 @@ def test_a_failed_download_is_one_line_naming_the_model_and_starts_no_run(
     # No hub is reachable offline, and the empty caches hold no weights.
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(empty), "HF_HUB_CACHE": str(empty)}
     completed = subprocess.run(
-        command("train", *data_flags, *QUICK_FIT, f"--model.net.init_args.name={NAME}"),
+        command(
+            "train",
+            *data_flags,
+            *QUICK_FIT,
+            f"--model.net.init_args.name={NAME}",
+            "--model.net.init_args.pretrained=true",
+        ),
         cwd=tmp_path,
         env={**child_env, **offline, "TORCH_HOME": str(empty)},
         capture_output=True,
@@ -224,7 +231,7 @@ def test_backbone_is_frozen_for_the_first_epochs_then_trained_at_a_tenth_of_the_
     assert any(key.endswith("running_mean") for key in changed)
     assert stem in changed
     # The backbone's group runs at backbone_lr_ratio (0.1) of the classifier's, every step.
-    assert all(rate == pytest.approx(0.1 * head_rate) for rate, head_rate in watch.rates)
+    assert all(rate == pytest.approx(0.1 * head_rate) for head_rate, rate in watch.rates)
 
 
 def test_fits_resumed_in_the_frozen_and_in_the_trained_phase_keep_the_same_weights(

@@ -181,11 +181,13 @@ class Backbone(nn.Module):
         )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups, each with its ``lr_ratio`` to the base rate."""
+        """The optimizer's parameter groups, each with its ``lr_ratio`` to the base rate: the
+        classifier's first, at the configured rate (what ``train/lr`` logs), then the
+        backbone's."""
         backbone, head = self._split()
         return [
-            {"params": backbone, "lr_ratio": self.backbone_lr_ratio},
             {"params": head, "lr_ratio": 1.0},
+            {"params": backbone, "lr_ratio": self.backbone_lr_ratio},
         ]
 
     def freeze_backbone(self, frozen: bool) -> None:
