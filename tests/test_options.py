@@ -26,6 +26,7 @@ OPTION_SETS = [
     *({key: value} for key, values in CHOICES.items() for value in values[1:]),
     {"package_name": LONG_PACKAGE, **EVERY_OPTION},
     {"dataset": "image_folder", **EVERY_OPTION},
+    {"model": "backbone", "dataset": "image_folder", **EVERY_OPTION},
 ]
 
 COMMON_FILES = {
@@ -217,7 +218,7 @@ WING_MENTIONS = {
         r"LitServe|FastAPI|uvicorn|\bserv(e|es|ed|ing|ers)\b|page\.html|\[serve\]"
     ),
     "tune": re.compile(
-        r"Optuna|(?<!fine-)\btun(e|es|ed|ing)\b|(?<!re\.)\bsearch(es)?\b|\btrials?\b|\[tune\]"
+        r"Optuna|(?<![Ff]ine-)\btun(e|es|ed|ing)\b|(?<!re\.)\bsearch(es)?\b|\btrials?\b|\[tune\]"
     ),
 }
 
@@ -236,7 +237,9 @@ def wing_mentions(project: Path, wing: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "wings", [{}, {"serve": "yes"}, {"tune": "yes"}, {"docker": "yes"}], ids=option_id
+    "wings",
+    [{}, {"serve": "yes"}, {"tune": "yes"}, {"docker": "yes"}, {"model": "backbone"}],
+    ids=option_id,
 )
 def test_no_bake_mentions_a_wing_it_does_not_have(bake: Bake, wings: dict[str, str]) -> None:
     project = bake(**wings)
