@@ -35,9 +35,10 @@ QUICK_FIT = [
     "--trainer.enable_model_summary=false",
 {%- if cookiecutter.model == "backbone" %}
     # No hub in tests: timm's smallest ResNet, from random weights (test_backbone.py loads
-    # pretrained ones from a file).
+    # pretrained ones from a file), at the peak rate of the project's other networks.
     "--model.net.init_args.name=test_resnet",
     "--model.net.init_args.pretrained=false",
+    "--model.scheduler.init_args.max_lr=0.01",
 {%- endif %}
 ]
 

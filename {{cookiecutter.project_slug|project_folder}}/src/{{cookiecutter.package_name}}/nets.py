@@ -127,7 +127,8 @@ class Backbone(nn.Module):
                 for random weights.
             weights_file: Pretrained weights from this file instead of the hub (a timm or
                 torch state dict, .safetensors or .pth), e.g. offline.
-            backbone_lr_ratio: The backbone's learning rate, as a fraction of the classifier's.
+            backbone_lr_ratio: The backbone's learning rate, as a fraction of the classifier's
+                (pretrained weights only: random ones train like any network's).
         """
         super().__init__()
         import timm  # here, not at the top: importing timm costs seconds every command pays
@@ -158,7 +159,8 @@ class Backbone(nn.Module):
             ) from error
         except RuntimeError as error:  # an unknown name, or weights of another model
             raise ValueError(f"timm cannot build {name!r}: {error}") from error
-        self.backbone_lr_ratio = backbone_lr_ratio
+        self.pretrained = pretrained
+        self.backbone_lr_ratio = backbone_lr_ratio if pretrained else 1.0
         # The pixel statistics the model normalizes inputs with: pretrained weights expect their
         # own (timm's pretrained_cfg, on the 0-255 scale); random weights take the data's.
         config = self.model.pretrained_cfg
@@ -192,7 +194,9 @@ class Backbone(nn.Module):
 
     def freeze_backbone(self, frozen: bool) -> None:
         """Stop or resume training the backbone. Frozen, its BatchNorm layers are in eval mode:
-        they normalize with, and keep, the pretrained running statistics."""
+        they normalize with, and keep, the pretrained running statistics. Random weights have
+        nothing to keep: they are never frozen."""
+        frozen = frozen and self.pretrained
         backbone, _ = self._split()
         for parameter in backbone:
             parameter.requires_grad_(not frozen)
