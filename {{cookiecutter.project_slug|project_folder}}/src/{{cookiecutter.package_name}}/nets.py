@@ -131,7 +131,7 @@ class Backbone(nn.Module):
                 (pretrained weights only: random ones train like any network's).
         """
         super().__init__()
-        import timm  # here, not at the top: importing timm costs seconds every command pays
+        import timm  # here: importing timm is slow, and commands without a backbone skip it
 
         if not 0 < backbone_lr_ratio <= 1:
             raise ValueError(f"backbone_lr_ratio must be within (0, 1], not {backbone_lr_ratio}")
