@@ -9,6 +9,7 @@ DOCKER = {{cookiecutter.docker | quoted}}
 DATASET = {{cookiecutter.dataset | quoted}}
 SERVE = {{cookiecutter.serve | quoted}}
 TUNE = {{cookiecutter.tune | quoted}}
+MODEL = {{cookiecutter.model | quoted}}
 PROJECT_SLUG = {{cookiecutter.project_slug | quoted}}
 PACKAGE_NAME = {{cookiecutter.package_name | quoted}}
 PACKAGE = Path("src", PACKAGE_NAME)
@@ -30,6 +31,10 @@ TUNE_FILES = [
     PACKAGE / "configs" / "search.yaml",
     Path("tests", "test_tune.py"),
     Path("scripts", "tune.sbatch"),
+]
+BACKBONE_FILES = [
+    PACKAGE / "training" / "finetuning.py",
+    Path("tests", "test_backbone.py"),
 ]
 
 # The image-folder project has no data of its own: training needs the user's folder.
@@ -78,6 +83,7 @@ def main() -> None:
         "docker": [Path("Dockerfile"), Path(".dockerignore")] if DOCKER == "no" else [],
         "serve": SERVE_FILES if SERVE == "no" else [],
         "tune": TUNE_FILES if TUNE == "no" else [],
+        "model": BACKBONE_FILES if MODEL != "backbone" else [],
     }
     for paths in unchosen.values():
         for path in paths:

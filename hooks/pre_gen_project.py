@@ -23,6 +23,7 @@ DEPENDENCY_MODULES = {
     "tensorboard": ("tensorboard", "tensorboard_data_server", "google", "grpc"),
     "wandb": ("wandb",),
     "mlflow-skinny": ("mlflow",),
+    "timm": ("timm", "safetensors", "huggingface_hub"),
     "onnx": ("onnx",),
     "onnxscript": ("onnxscript", "onnx_ir"),
     "onnxruntime": ("onnxruntime",),

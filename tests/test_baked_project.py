@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from bakes import EVERY_OPTION, Bake, bake_suite, package_of, run_in, train_in, write_sample
 
-# Python differs between bakes by data set and by wing: the network and logger options change
-# the config alone, and the command-line test below trains with each of those configs. The
-# bake with every wing runs every test of the project; the default bake, the quick check a
-# user's plain `pytest` runs (whatever a left-out wing would have left dangling shows there);
-# the other IDX data set and the other network, the tests that read its data or name the
-# network's settings.
+# Python differs between bakes by data set, by wing and for the pretrained backbone: the other
+# network and logger options change the config alone, and the command-line test below trains
+# with each of those configs. The bake with every wing runs every test of the project; the
+# default bake, the quick check a user's plain `pytest` runs (whatever a left-out wing would
+# have left dangling shows there); the other IDX data set and the other network, the tests
+# that read its data or name the network's settings; the backbone bake, its own tests.
 OTHER_DATA_AND_NETWORK_TESTS = [
     "tests/test_data_contract.py",
     "tests/test_idx_files.py",
@@ -36,6 +36,8 @@ SUITE_VARIANTS = [
         },
         OTHER_DATA_AND_NETWORK_TESTS,
     ),
+    # The pretrained backbone's own tests: weights from a file, fine-tuning and its resume.
+    ({"model": "backbone", "dataset": "image_folder"}, ["tests/test_backbone.py"]),
 ]
 
 

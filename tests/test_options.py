@@ -26,6 +26,7 @@ OPTION_SETS = [
     *({key: value} for key, values in CHOICES.items() for value in values[1:]),
     {"package_name": LONG_PACKAGE, **EVERY_OPTION},
     {"dataset": "image_folder", **EVERY_OPTION},
+    {"model": "backbone", "dataset": "image_folder", **EVERY_OPTION},
 ]
 
 COMMON_FILES = {
@@ -129,6 +130,8 @@ def expected_files(options: dict[str, str]) -> set[str]:
         files.add(".github/workflows/ci.yml")
     if answers["docker"] == "yes":
         files |= {"Dockerfile", ".dockerignore"}
+    if answers["model"] == "backbone":  # the fine-tuning schedule, and its tests
+        files |= {"tests/test_backbone.py", f"src/{package}/training/finetuning.py"}
     if answers["dataset"] == "image_folder":  # its own data module, with its own tests
         files = (files - {"tests/test_idx_files.py"}) | {
             "tests/test_image_folder.py",
@@ -189,6 +192,7 @@ def test_config_files_parse_and_follow_the_answers(baked: tuple[dict[str, str], 
     dependencies = " ".join(pyproject["project"]["dependencies"])
     for logger, package in LOGGER_PACKAGES.items():
         assert (package in dependencies) == (answers["logger"] == logger), package
+    assert ("timm" in dependencies) == (answers["model"] == "backbone")
     assert pyproject["project"].get("license", "none") == answers["license"]
     extras = pyproject["project"]["optional-dependencies"]
     scripts = pyproject["project"]["scripts"]
@@ -214,7 +218,7 @@ WING_MENTIONS = {
         r"LitServe|FastAPI|uvicorn|\bserv(e|es|ed|ing|ers)\b|page\.html|\[serve\]"
     ),
     "tune": re.compile(
-        r"Optuna|(?<!fine-)\btun(e|es|ed|ing)\b|(?<!re\.)\bsearch(es)?\b|\btrials?\b|\[tune\]"
+        r"Optuna|(?<![Ff]ine-)\btun(e|es|ed|ing)\b|(?<!re\.)\bsearch(es)?\b|\btrials?\b|\[tune\]"
     ),
 }
 
@@ -233,7 +237,9 @@ def wing_mentions(project: Path, wing: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "wings", [{}, {"serve": "yes"}, {"tune": "yes"}, {"docker": "yes"}], ids=option_id
+    "wings",
+    [{}, {"serve": "yes"}, {"tune": "yes"}, {"docker": "yes"}, {"model": "backbone"}],
+    ids=option_id,
 )
 def test_no_bake_mentions_a_wing_it_does_not_have(bake: Bake, wings: dict[str, str]) -> None:
     project = bake(**wings)
@@ -246,7 +252,11 @@ def test_no_bake_mentions_a_wing_it_does_not_have(bake: Bake, wings: dict[str, s
 
 
 def test_model_option_only_sets_the_configured_network(bake: Bake) -> None:
-    networks = {"cnn": ("ConvNet", {"width", "dropout"}), "mlp": ("MLP", {"hidden_dim", "dropout"})}
+    networks = {
+        "cnn": ("ConvNet", {"width", "dropout"}),
+        "mlp": ("MLP", {"hidden_dim", "dropout"}),
+        "backbone": ("Backbone", {"name", "pretrained", "weights_file", "backbone_lr_ratio"}),
+    }
     for model, (class_name, settings) in networks.items():
         net = config_of(bake(model=model))["model"]["net"]
         assert net["class_path"] == f"mnist_lab.nets.{class_name}"
@@ -258,6 +268,27 @@ def test_model_option_only_sets_the_configured_network(bake: Bake) -> None:
     assert differ == {"src/mnist_lab/configs/default.yaml", "README.md"}
     searched = config_of(bake(model="mlp", tune="yes"), "search.yaml")["search_space"]
     assert "model.net.init_args.hidden_dim" in searched, "the search space names its settings"
+
+
+BACKBONE_MENTIONS = re.compile(r"timm|backbone|finetun|fine-tun", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "image_folder"])
+def test_only_backbone_bakes_have_the_backbone(bake: Bake, dataset: str) -> None:
+    for model in ("cnn", "mlp"):
+        project = bake(model=model, dataset=dataset)
+        found = [
+            f"{name}: {line.strip()}"
+            for name in sorted(baked_files(project))
+            if not name.endswith(".png")
+            for line in (project / name).read_text(encoding="utf-8").splitlines()
+            if BACKBONE_MENTIONS.search(line)
+        ]
+        assert not found, f"a {model} bake mentions the backbone:\n" + "\n".join(found)
+    config = config_of(bake(model="backbone", dataset=dataset))
+    assert config["model"]["net"]["init_args"]["name"] == "resnet18"
+    callbacks = [callback["class_path"] for callback in config["trainer"]["callbacks"]]
+    assert "mnist_lab.training.finetuning.FreezeBackbone" in callbacks
 
 
 def test_license_file_matches_the_choice(bake: Bake) -> None:

@@ -4,6 +4,7 @@ These tests cover data.py as generated; when data.py is replaced by a module for
 they skip, and test_data_contract.py keeps checking what the rest of the project relies on.
 """
 
+import logging
 import os
 import re
 import shutil
@@ -254,6 +255,8 @@ def test_auto_sizes_fit_the_folder_and_an_explicit_size_wins(
         Image.new("RGB", (400, 300)).save(root / "train" / "b" / f"big{index}.png")
     colour = data.ImageDataModule(data_dir=str(root), val_size=1, test_size=1)
     assert (colour.image_size, colour.channels) == ((96, 128), 3), "capped at 128 a side"
+    larger = data.ImageDataModule(data_dir=str(root), auto_max_side=224, val_size=1, test_size=1)
+    assert larger.image_size == (168, 224), "capped where asked"
     # A second start remembers what auto picked: no header is read again.
     monkeypatch.setattr(data, "auto_sizes", None)
     with pytest.raises(TypeError):
@@ -307,6 +310,21 @@ def test_linked_class_folders_and_sub_folders_are_followed_once(tmp_path: Path) 
     class_names, _, labels, _ = data.list_images(root)
     assert class_names == ["a", "b"]
     assert labels.count(0) == 3 + 2 and labels.count(1) == 3
+
+
+def test_auto_size_of_long_thin_images_is_the_size_it_prints(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "thin"
+    for index in range(4):
+        folder = root / "train" / ("a" if index % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (10, 1000), 60 * index).save(folder / f"{index}.png")
+    with caplog.at_level(logging.INFO):
+        thin = data.ImageDataModule(data_dir=str(root), val_size=1, test_size=1)
+    # 1000x10 scaled to 128 a side would be 1 pixel wide: the narrow side stops at 8.
+    assert thin.image_size == (128, 8)
+    assert "image_size auto: [128, 8]" in caplog.text
 
 
 def test_a_damaged_cache_is_read_again(tmp_path: Path) -> None:

@@ -36,6 +36,13 @@ QUICK_FIT = [
     "--trainer.devices=1",
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
+{%- if cookiecutter.model == "backbone" %}
+    # No hub in tests: timm's smallest ResNet, from random weights (test_backbone.py loads
+    # pretrained ones from a file), at the peak rate of the project's other networks.
+    "--model.net.init_args.name=test_resnet",
+    "--model.net.init_args.pretrained=false",
+    "--model.scheduler.init_args.max_lr=0.01",
+{%- endif %}
 ]
 
 Fit = Callable[..., TrainCLI]

@@ -23,9 +23,6 @@ from .support.images import decode
 
 # Part of every cache's name: raise it when decoding changes, so old caches are not reused.
 CACHE_VERSION = 3
-# `image_size: auto` takes the most common size, scaled down to fit this: larger images make
-# a small CNN slow and rarely help it on a few thousand images.
-MAX_AUTO_SIDE = 128
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
@@ -51,21 +48,18 @@ class Headers(Dataset):
 
 
 def auto_sizes(paths: list[Path], cache_dir: Path, key: str) -> tuple[tuple[int, int], int]:
-    """The most common image size, scaled down to at most MAX_AUTO_SIDE pixels a side, and 1
-    channel when every image is grayscale, else 3. Remembered for this state of the folder."""
+    """The most common image size (data.py scales it), and 1 channel when every image is
+    grayscale, else 3. Remembered for this state of the folder."""
     remembered = cache_dir / f"auto-{key}.json"
     if picked := read_remembered(remembered):
         return picked
     headers = [header for header in in_processes(Headers(paths)) if header is not None]
     if not headers:
         raise DatasetError(f"none of the {len(paths)} images can be read")
-    (height, width), count = Counter(header[:2] for header in headers).most_common(1)[0]
-    scale = min(1.0, MAX_AUTO_SIDE / max(height, width))
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    size, count = Counter(header[:2] for header in headers).most_common(1)[0]
     channels = 1 if all(header[2] for header in headers) else 3
     rank_zero_info(
-        f"{count} of {len(headers)} images are {height}x{width} (auto size: {size[0]}x{size[1]}"
-        f"{'' if scale == 1 else f', at most {MAX_AUTO_SIDE} a side'}); "
+        f"{count} of {len(headers)} images are {size[0]}x{size[1]}; "
         f"{'every image is grayscale' if channels == 1 else 'some images have colour'}"
     )
     with_cache_errors(
@@ -97,7 +91,13 @@ def in_processes(dataset: Dataset) -> Iterator[Any]:
     """Every item of ``dataset``, in order, computed by as many processes as there are cores
     (decoding holds the GIL, so only processes run it in parallel)."""
     workers = (os.cpu_count() or 1) if len(dataset) >= 200 else 0
-    for batch in DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=list):
+    # Its own generator: the workers' seeds are otherwise drawn from the global RNG, and the
+    # network, built after the data, would start from other weights on a folder's first run
+    # than on the runs that read the cache.
+    loader = DataLoader(
+        dataset, batch_size=64, num_workers=workers, collate_fn=list, generator=torch.Generator()
+    )
+    for batch in loader:
         yield from batch
 
 

@@ -55,6 +55,16 @@ from .support.loading import InMemoryImages, batch_loader
 
 # The networks of nets.py pool three times: smaller images leave nothing to classify.
 MIN_IMAGE_SIDE = 8
+# `image_size: auto` scales the most common size down to fit this: larger images make a small
+# CNN slow and rarely help it on a few thousand images.
+MAX_AUTO_SIDE = 128
+
+
+def auto_image_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` scaled down to at most ``max_side`` pixels a side, or up to at least
+    MIN_IMAGE_SIDE, keeping its shape; an image too long and thin for both is squeezed."""
+    scale = max(min(1.0, max_side / max(size)), MIN_IMAGE_SIDE / min(size))
+    return tuple(min(max_side, round(side * scale)) for side in size)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -68,6 +78,7 @@ class ImageDataModule(pl.LightningDataModule):
         self,
         data_dir: str = "data",
         image_size: tuple[int, int] | Literal["auto"] = "auto",
+        auto_max_side: int = MAX_AUTO_SIDE,
         channels: int | Literal["auto"] = "auto",
         val_size: float = 0.1,
         test_size: float = 0.1,
@@ -83,7 +94,8 @@ class ImageDataModule(pl.LightningDataModule):
         Args:
             data_dir: Folder holding ``train/<class>/`` and optionally ``val/`` and ``test/``.
             image_size: Height and width every image is resized to; ``auto``: the images' most
-                common size, scaled down to at most 128 pixels a side.
+                common size, scaled down to at most ``auto_max_side`` pixels a side.
+            auto_max_side: The longest side ``auto`` picks.
             channels: 1 (grayscale) or 3 (RGB); 2 and 4 add the alpha channel. ``auto``: 1 when
                 every image is grayscale, else 3.
             val_size: Images of train/ held out for validation when there is no val/ folder:
@@ -111,6 +123,7 @@ class ImageDataModule(pl.LightningDataModule):
                 f"each (the networks of nets.py pool three times), or auto, not {image_size}"
             )
         for name, value, least in (
+            ("auto_max_side", auto_max_side, MIN_IMAGE_SIDE),
             ("batch_size", batch_size, 1),
             ("num_workers", num_workers, 0),
             ("max_cache_gb", max_cache_gb, 0),
@@ -140,9 +153,12 @@ class ImageDataModule(pl.LightningDataModule):
         if "auto" in (image_size, channels):
             picked_size, picked_channels = auto_sizes(paths, self.cache_dir, key)
             if image_size == "auto":
-                scale = max(1.0, MIN_IMAGE_SIDE / min(picked_size))  # up to what the nets take
-                image_size = tuple(round(side * scale) for side in picked_size)
-                rank_zero_info(f"image_size auto: {list(image_size)}")
+                image_size = auto_image_size(picked_size, auto_max_side)
+                rank_zero_info(
+                    f"image_size auto: {list(image_size)} (the most common size, "
+                    f"{picked_size[0]}x{picked_size[1]}, fitted within {MIN_IMAGE_SIDE}-"
+                    f"{auto_max_side} pixels a side)"
+                )
             if channels == "auto":
                 channels = picked_channels
                 rank_zero_info(f"channels auto: {channels}")

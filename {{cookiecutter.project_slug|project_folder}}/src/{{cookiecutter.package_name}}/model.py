@@ -15,6 +15,9 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from .support.errors import ConfigError, one_line
+{%- if cookiecutter.model == "backbone" %}
+from .training.finetuning import parameter_groups, scale_rates
+{%- endif %}
 
 # What the data module tells the model about its data (linked by train.py, kept in checkpoints).
 DATA_FACTS = ("class_names", "channels", "image_size", "mean", "std")
@@ -87,6 +90,14 @@ class ImageClassifier(pl.LightningModule):
             self.net = net(channels, len(class_names), tuple(image_size))
         except (TypeError, ValueError) as error:  # e.g. images too small for the network
             raise ConfigError(f"--model.net cannot be built: {one_line(error)}") from error
+{%- if cookiecutter.model == "backbone" %}
+        # Pretrained weights expect the pixel statistics they were trained with, not this
+        # data's: the network gives them (nets.Backbone.pixel_stats; none for random weights).
+        if getattr(self.net, "pixel_stats", None):
+            net_mean, net_std = self.net.pixel_stats
+            self.pixel_mean.copy_(torch.tensor(net_mean).view(1, -1, 1, 1))
+            self.pixel_std.copy_(torch.tensor(net_std).view(1, -1, 1, 1))
+{%- endif %}
         # NHWC weights let cuDNN and oneDNN pick their faster convolution kernels.
         self.net.to(memory_format=torch.channels_last)
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
@@ -163,11 +174,17 @@ class ImageClassifier(pl.LightningModule):
         if self.make_optimizer is None:
             raise ConfigError("--model.optimizer is not set: give one in the config")
         try:
+{%- if cookiecutter.model == "backbone" %}
+            # The backbone at a fraction of the classifier's rate (training/finetuning.py).
+            optimizer = self.make_optimizer(parameter_groups(self.net))
+            rates = scale_rates(optimizer, self.make_scheduler)
+{%- else %}
             optimizer = self.make_optimizer(self.parameters())
+{%- endif %}
             if self.make_scheduler is None:
                 return optimizer, None
             return optimizer, self.make_scheduler(
-                optimizer, **span(self.make_scheduler, total_steps)
+                optimizer, **span(self.make_scheduler, total_steps){% if cookiecutter.model == "backbone" %}, **rates{% endif %}
             )
         except (TypeError, ValueError) as error:  # torch's own checks, e.g. "Invalid learning rate"
             raise ConfigError(

@@ -11,6 +11,12 @@ Checkpoints record the network by that class path; only the classes of this modu
 from one (``network_class``), so a crafted checkpoint cannot make loading import other code.
 """
 
+{% if cookiecutter.model == "backbone" -%}
+from pathlib import Path
+from typing import Any
+
+import torch
+{% endif -%}
 from torch import Tensor, nn
 
 
@@ -89,6 +95,133 @@ class MLP(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.layers(images)
+{%- if cookiecutter.model == "backbone" %}
+
+
+class Backbone(nn.Module):
+    """An image model of timm by name (any of ``timm.list_models()``), pretrained or not,
+    with its first layer adapted to the data's channels and a new classifier for its classes.
+
+    timm rather than torchvision's model registry: it names every model of both and many more,
+    each with its pretrained input size and mean/std (``pretrained_cfg``); ``in_chans`` adapts
+    pretrained first-layer weights to 1, 2 or 4 channels (summed for one, repeated for more),
+    ``num_classes`` replaces the classifier, and its hub download caches the weights.
+    ``training/finetuning.py`` freezes the backbone (all but the classifier) for the first
+    epochs; the optimizer trains it at ``backbone_lr_ratio`` times the classifier's rate.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+        name: str = "resnet18",
+        pretrained: bool = True,
+        weights_file: str | None = None,
+        backbone_lr_ratio: float = 0.1,
+    ) -> None:
+        """
+        Args:
+            name: The timm model, e.g. resnet18, efficientnet_b0, convnext_tiny.
+            pretrained: Start from its pretrained weights (timm's hub download, cached); false
+                for random weights.
+            weights_file: Pretrained weights from this file instead of the hub (a timm or
+                torch state dict, .safetensors or .pth), e.g. offline.
+            backbone_lr_ratio: The backbone's learning rate, as a fraction of the classifier's
+                (pretrained weights only: random ones train like any network's).
+        """
+        super().__init__()
+        import timm  # here: importing timm is slow, and commands without a backbone skip it
+
+        if not 0 < backbone_lr_ratio <= 1:
+            raise ValueError(f"backbone_lr_ratio must be within (0, 1], not {backbone_lr_ratio}")
+        if weights_file and not (pretrained and Path(weights_file).is_file()):
+            raise ValueError(
+                f"weights_file {weights_file} "
+                + ("is not a file" if pretrained else "is given with pretrained false")
+            )
+        overlay = {"file": str(weights_file)} if weights_file else None
+        try:
+            self.model = timm.create_model(
+                name,
+                pretrained=pretrained,
+                pretrained_cfg_overlay=overlay,
+                in_chans=in_channels,
+                num_classes=num_classes,
+            )
+        except OSError as error:  # the hub unreachable, or the file not weights
+            raise ValueError(
+                f"the pretrained weights of {name} could not be "
+                + (f"read from {weights_file}" if weights_file else "downloaded")
+                + f" ({type(error).__name__}): download them where the hub is reachable and "
+                "give the file with --model.net.init_args.weights_file, or set "
+                "--model.net.init_args.pretrained false for random weights"
+            ) from error
+        except RuntimeError as error:  # an unknown name, or weights of another model
+            raise ValueError(f"timm cannot build {name!r}: {error}") from error
+        self.pretrained = pretrained
+        self.backbone_lr_ratio = backbone_lr_ratio if pretrained else 1.0
+        # The pixel statistics the model normalizes inputs with: pretrained weights expect their
+        # own (timm's pretrained_cfg, on the 0-255 scale); random weights take the data's.
+        config = self.model.pretrained_cfg
+        self.pixel_stats = (
+            (per_channel(config["mean"], in_channels), per_channel(config["std"], in_channels))
+            if pretrained
+            else None
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+    def _split(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """The backbone's parameters and the classifier's."""
+        head = {id(parameter) for parameter in self.model.get_classifier().parameters()}
+        parameters = list(self.model.parameters())
+        return (
+            [parameter for parameter in parameters if id(parameter) not in head],
+            [parameter for parameter in parameters if id(parameter) in head],
+        )
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups, each with its ``lr_ratio`` to the base rate: the
+        classifier's first, at the configured rate (what ``train/lr`` logs), then the
+        backbone's."""
+        backbone, head = self._split()
+        return [
+            {"params": head, "lr_ratio": 1.0},
+            {"params": backbone, "lr_ratio": self.backbone_lr_ratio},
+        ]
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        """Stop or resume training the backbone. Frozen, its BatchNorm layers are in eval mode:
+        they normalize with, and keep, the pretrained running statistics. Random weights have
+        nothing to keep: they are never frozen."""
+        frozen = frozen and self.pretrained
+        backbone, _ = self._split()
+        for parameter in backbone:
+            parameter.requires_grad_(not frozen)
+        head = set(self.model.get_classifier().modules())
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module not in head:
+                module.train(not frozen and self.training)
+
+    @staticmethod
+    def preferred_side(name: str = "resnet18", **settings: Any) -> int:
+        """The longer side of the input size the model of ``name`` was pretrained at."""
+        from timm.models import get_pretrained_cfg
+
+        config = get_pretrained_cfg(name)
+        return max(config.input_size[1:]) if config else 224
+
+
+def per_channel(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """Per-channel RGB statistics (0-1 scale) for ``channels`` inputs, as timm adapts the
+    first layer: one channel sums the RGB weights, so it takes their mean; more repeat them."""
+    scaled = torch.tensor(values, dtype=torch.float64) * 255
+    if channels == 1:
+        return (scaled.mean().item(),)
+    return tuple(scaled[index % len(scaled)].item() for index in range(channels))
+{%- endif %}
 
 
 def network_class(class_path: str) -> type[nn.Module]:

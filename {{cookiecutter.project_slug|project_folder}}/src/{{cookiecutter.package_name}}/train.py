@@ -18,8 +18,14 @@ from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins import CheckpointIO
 
+{% if cookiecutter.model == "backbone" and cookiecutter.dataset == "image_folder" -%}
+from .data import MAX_AUTO_SIDE, ImageDataModule
+from .model import DATA_FACTS, ImageClassifier
+from .nets import network_class
+{% else -%}
 from .data import ImageDataModule
 from .model import DATA_FACTS, ImageClassifier
+{% endif -%}
 from .support.checkpoints import AtomicCheckpointIO, read_checkpoint
 from .support.errors import ConfigError, DatasetError, UserError, exit_in_one_line
 from .support.files import write_file
@@ -91,6 +97,9 @@ class TrainCLI(LightningCLI):
             parser.link_arguments(
                 "data", f"model.{fact}", compute_fn=data_fact(fact), apply_on="instantiate"
             )
+{%- if cookiecutter.model == "backbone" and cookiecutter.dataset == "image_folder" %}
+        parser.link_arguments("model.net", "data.auto_max_side", compute_fn=auto_max_side)
+{%- endif %}
 
     def before_instantiate_classes(self) -> None:
         """Keep the logs under the root folder, name checkpoints by the monitored metric, and
@@ -169,6 +178,20 @@ def data_fact(name: str) -> Any:
     return fact_of
 
 
+{% if cookiecutter.model == "backbone" and cookiecutter.dataset == "image_folder" -%}
+def auto_max_side(net: Namespace) -> int:
+    """The longest side ``image_size: auto`` picks for the network of the config: the input
+    size a pretrained backbone was trained at (timm's pretrained_cfg), else the data's own."""
+    try:
+        net_class = network_class(net.class_path)
+    except ValueError:  # not a network of nets.py: building the model says so
+        return MAX_AUTO_SIDE
+    if not hasattr(net_class, "preferred_side"):
+        return MAX_AUTO_SIDE
+    return net_class.preferred_side(**net.get("init_args", Namespace()).as_dict())
+
+
+{% endif -%}
 def resolve(args: list[str] | Namespace) -> TrainCLI:
     """The complete config ``train`` would run with these arguments (``.config``), and its
     parser (``.parser``), without building anything."""
