@@ -20,6 +20,15 @@ from {{ cookiecutter.package_name }}.nets import network_class
 from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
 from {{ cookiecutter.package_name }}.train import main
 
+# Whole batches only, one of each split: each batch size and mode is a graph to compile.
+TRAIN_BATCHES = 4
+FEW_BATCHES = [
+    "--trainer.max_epochs=2",
+    f"--trainer.limit_train_batches={TRAIN_BATCHES}",
+    "--trainer.limit_val_batches=1",
+    "--trainer.limit_test_batches=1",
+]
+
 
 class StopAfterFirstEpoch(pl.Callback):
     """Ends a fit planned for more epochs after its first, as an interruption would."""
@@ -37,11 +46,9 @@ def uncompiled_state(hparams: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_compiled_fit_saves_the_uncompiled_networks_checkpoint(
-    fit: Fit, tmp_path: Path, steps_per_epoch: int
-) -> None:
+def test_compiled_fit_saves_the_uncompiled_networks_checkpoint(fit: Fit, tmp_path: Path) -> None:
     graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    flags = ["--model.compile=true", "--trainer.max_epochs=2"]
+    flags = ["--model.compile=true", *FEW_BATCHES]
     compiled = fit(tmp_path, *flags, callbacks=[StopAfterFirstEpoch()])
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before, "not compiled"
     last = next(tmp_path.glob("logs/**/checkpoints/last.ckpt"))
@@ -62,8 +69,8 @@ def test_compiled_fit_saves_the_uncompiled_networks_checkpoint(
     torch.testing.assert_close(program(images.float()), logits, rtol=1e-4, atol=1e-4)
 
     # compile is no setting a resumed fit must keep: the run ends uncompiled.
-    resumed = fit(tmp_path, "--trainer.max_epochs=2", f"--ckpt_path={last}")
-    assert resumed.trainer.global_step == 2 * steps_per_epoch
+    resumed = fit(tmp_path, *FEW_BATCHES, f"--ckpt_path={last}")
+    assert resumed.trainer.global_step == 2 * TRAIN_BATCHES
     assert read_checkpoint(last)["hyper_parameters"]["compile"] is False
 
 
