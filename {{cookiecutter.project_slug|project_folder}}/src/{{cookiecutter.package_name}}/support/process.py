@@ -51,7 +51,7 @@ def require_compiler() -> None:
     """Refuse torch.compile in one line, before the run starts, where its code generator
     (Inductor) finds no C++ compiler to build its kernels with; it never falls back to the
     uncompiled network silently."""
-    # Inductor's own search (g++, or $CXX), so the answer is the one the first step would get.
+    # Inductor's own lookup (g++, or $CXX): the answer the first compiled step would get.
     from torch._inductor.cpp_builder import get_cpp_compiler
     from torch._inductor.exc import InvalidCxxCompiler
 
