@@ -37,6 +37,7 @@ COMMON_FILES = {
     "scripts/slurm.sbatch",
     "tests/conftest.py",
     "tests/helpers.py",
+    "tests/test_compile.py",
     "tests/test_config.py",
     "tests/test_data_contract.py",
     "tests/test_ddp.py",

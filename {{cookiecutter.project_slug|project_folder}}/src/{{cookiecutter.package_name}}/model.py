@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from .support.errors import ConfigError, one_line
+from .support.process import require_compiler
 {%- if cookiecutter.model == "backbone" %}
 from .training.finetuning import parameter_groups, scale_rates
 {%- endif %}
@@ -61,6 +62,7 @@ class ImageClassifier(pl.LightningModule):
         net: NetFactory,
         optimizer: OptimizerFactory | None = None,
         scheduler: ScheduleFactory | None = None,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -73,6 +75,8 @@ class ImageClassifier(pl.LightningModule):
             optimizer: The optimizer: a class of torch.optim and its settings (none for a
                 model that is not trained, e.g. loaded to predict).
             scheduler: The learning-rate schedule over the run, or none for a constant rate.
+            compile: Compile the network with torch.compile (in place: checkpoints keep the
+                uncompiled network's keys and load into an uncompiled model).
 
         train.py links the data facts in from the data module; configs/default.yaml sets the
         network, the optimizer and the schedule.
@@ -100,6 +104,11 @@ class ImageClassifier(pl.LightningModule):
 {%- endif %}
         # NHWC weights let cuDNN and oneDNN pick their faster convolution kernels.
         self.net.to(memory_format=torch.channels_last)
+        if compile:
+            require_compiler()
+            # Only the network, before any strategy wraps the model (DDP wraps it around the
+            # compiled network, as torch.compile advises); compiling happens at its first call.
+            self.net.compile()
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
         metrics = MetricCollection(
             {

@@ -7,6 +7,8 @@ import gc
 
 import torch
 
+from .errors import ConfigError
+
 # glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64 bits.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
@@ -43,6 +45,23 @@ def default_precision() -> str:
     if not torch.cuda.is_available():
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def require_compiler() -> None:
+    """Refuse torch.compile in one line, before the run starts, where its code generator
+    (Inductor) finds no C++ compiler to build its kernels with; it never falls back to the
+    uncompiled network silently."""
+    # Inductor's own lookup (g++, or $CXX): the answer the first compiled step would get.
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        raise ConfigError(
+            "--model.compile true needs a C++ compiler (g++, or the one $CXX names): install "
+            "one, or train with --model.compile false"
+        ) from None
 
 
 def close_process_group() -> None:

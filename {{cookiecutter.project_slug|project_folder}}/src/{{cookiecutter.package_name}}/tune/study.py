@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+import torch._dynamo
 from jsonargparse import Namespace
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -222,6 +223,9 @@ class Objective:
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         config = in_trial_folder(with_values(self.base, values, self.search), run_dir)
+        # With --model.compile, each trial's network compiles afresh: earlier trials' graphs
+        # would count against torch.compile's recompile limit, past which it runs uncompiled.
+        torch._dynamo.reset()
         try:
             cli = train(config, callbacks=[PruneTrial(trial, self.search.metric)])
         except NonFiniteLossError as error:
