@@ -90,6 +90,8 @@ class ImageClassifier(pl.LightningModule):
         self.input_shape = (channels, *image_size)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        if compile:  # checked first: a refused run builds nothing
+            require_compiler()
         try:
             self.net = net(channels, len(class_names), tuple(image_size))
         except (TypeError, ValueError) as error:  # e.g. images too small for the network
@@ -105,7 +107,6 @@ class ImageClassifier(pl.LightningModule):
         # NHWC weights let cuDNN and oneDNN pick their faster convolution kernels.
         self.net.to(memory_format=torch.channels_last)
         if compile:
-            require_compiler()
             # Only the network, before any strategy wraps the model (DDP wraps it around the
             # compiled network, as torch.compile advises); compiling happens at its first call.
             self.net.compile()
