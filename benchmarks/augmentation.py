@@ -21,7 +21,8 @@ train/ as a user's run does):
 
 Every run is the baked project's own ``python -m mnist_lab.train --data.data_dir <folder>``
 with the flags of its variant and size (``--seed_everything`` per seed); the table has the
-test accuracy (median and range over the seeds) and the wall time of each run, start to exit.
+test accuracy (median and range over the seeds), the epochs each run took before early stopping
+ended it, and the wall time of each run, start to exit, with the machine's load as it ended.
 ``--project`` runs an existing bake (e.g. one of an older template, to compare); without it,
 this template is baked with ``dataset=image_folder``. ``--results`` keeps one JSON line per
 run, and runs already there are not run again.
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import torch
 from common import bake, command, machine, print_table, spread
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
@@ -201,7 +203,13 @@ def run(
     if done.returncode != 0:
         sys.exit(f"error: {' '.join(train)} failed:\n{done.stderr[-2000:]}")
     [summary] = run_dir.rglob("test_metrics.json")
-    return {"seconds": seconds, "acc": json.loads(summary.read_text())["test/acc"]}
+    [last] = run_dir.rglob("checkpoints/last.ckpt")  # early stopping decides the epochs
+    epochs = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
+    return {
+        "seconds": seconds,
+        "acc": json.loads(summary.read_text())["test/acc"],
+        "epochs": epochs,
+    }
 
 
 def main() -> None:
@@ -253,11 +261,16 @@ def main() -> None:
                     found.append(result)
                 accuracy = [100 * r["acc"] for r in found]
                 seconds = [r["seconds"] for r in found]
+                epochs = "/".join(str(r.get("epochs", "?")) for r in found)
                 loads = ", ".join(str(r.get("load", "?")) for r in found)
-                rows.append([folder, size, variant, spread(accuracy), spread(seconds), loads])
+                rows.append(
+                    [folder, size, variant, spread(accuracy), epochs, spread(seconds), loads]
+                )
                 print(" | ".join(rows[-1]), flush=True)
     print()
-    print_table(["folder", "size", "augment", "test acc %", "wall s", "load (1 min)"], rows)
+    print_table(
+        ["folder", "size", "augment", "test acc %", "epochs", "wall s", "load (1 min)"], rows
+    )
     print(f"{machine()} at the end; folders and runs in {workdir}")
 
 
