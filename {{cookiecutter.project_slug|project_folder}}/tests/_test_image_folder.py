@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from helpers import Fit, mounted_tmpfs
 from PIL import Image
 
 from {{ cookiecutter.package_name }} import data, image_cache
 from {{ cookiecutter.package_name }}.support.errors import DatasetError
+from {{ cookiecutter.package_name }}.train import DEFAULT_CONFIG
 
 if not hasattr(data, "held_out"):
     pytest.skip("data.py no longer reads an image folder", allow_module_level=True)
@@ -223,6 +225,21 @@ def test_augmentation_draws_per_image_and_keeps_the_pixel_range() -> None:
     unchanged = data.Augment(crop_scale=(1.0, 1.0), flip=False, jitter=0.0)
     square = unchanged(torch.randint(0, 256, (8, 1, 12, 12), dtype=torch.uint8))
     assert square.shape == (8, 1, 12, 12)
+
+
+def mirrored(augment: data.Augment, count: int = 512) -> int:
+    """How many of ``count`` copies of a left-to-right ramp come out darker on the right."""
+    ramp = torch.arange(16, dtype=torch.uint8).mul(15).expand(count, 1, 16, 16)
+    changed = augment(ramp)
+    return int((changed[..., :8].mean((1, 2, 3)) > changed[..., 8:].mean((1, 2, 3))).sum())
+
+
+def test_the_default_augmentation_never_mirrors_an_image() -> None:
+    # A mirrored digit or letter is another one: flips are asked for, never a default.
+    section = yaml.safe_load(DEFAULT_CONFIG.read_text())["data"]["augment"]
+    assert mirrored(data.Augment(**section)) == 0
+    assert mirrored(data.Augment()) == 0
+    assert 128 < mirrored(data.Augment(**{**section, "flip": True})) < 384
 
 
 @pytest.mark.parametrize(

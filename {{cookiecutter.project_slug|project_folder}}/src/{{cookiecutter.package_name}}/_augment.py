@@ -11,12 +11,13 @@ from torch import Tensor
 @dataclass
 class Augment:
     """Random changes to each training image, every image drawing its own: a crop of
-    ``crop_scale`` of its area (aspect ratio 3:4 to 4:3) resized back to the image size, a
-    horizontal flip half of the time (``flip``), and brightness, contrast and saturation each
-    scaled by a factor within 1 +- ``jitter``."""
+    ``crop_scale`` of its area (aspect ratio 3:4 to 4:3) resized back to the image size, with
+    ``flip`` a horizontal flip half of the time, and brightness, contrast and saturation each
+    scaled by a factor within 1 +- ``jitter``. No flip by default: a mirrored digit or letter
+    is another one, or none."""
 
     crop_scale: tuple[float, float] = (0.6, 1.0)
-    flip: bool = True
+    flip: bool = False
     jitter: float = 0.2
 
     def __call__(self, images: Tensor) -> Tensor:
