@@ -40,10 +40,10 @@ QUICK_EVALUATION = [
 ]
 
 
-def save_weights(path: Path) -> dict[str, torch.Tensor]:
+def save_weights(path: Path, name: str = NAME) -> dict[str, torch.Tensor]:
     """Save a pretrained state dict as the hub's would be (3 channels, 1000 classes)."""
     torch.manual_seed(0)
-    weights = timm.create_model(NAME).state_dict()
+    weights = timm.create_model(name).state_dict()
     if path.suffix == ".safetensors":
         save_file(weights, path)
     else:
@@ -110,6 +110,18 @@ def test_pretrained_weights_bring_their_normalization_random_weights_take_the_da
         [9.0],
         [7.0],
     )
+
+
+def test_a_model_of_a_fixed_input_size_is_built_for_the_datas(fit: Fit, tmp_path: Path) -> None:
+    # A ViT pretrained at 224x224 pixels, and timm's test ViT from weights of 160x160 (its
+    # position embeddings resampled to the data's size).
+    save_weights(tmp_path / "vit.pth", "test_vit")
+    vit = Backbone(3, 2, (32, 48), name="test_vit", weights_file=str(tmp_path / "vit.pth"))
+    assert vit.model.patch_embed.grid_size == (32 // 16, 48 // 16)
+    cli = fit(tmp_path, "--model.net.init_args.name=vit_tiny_patch16_224", *QUICK_EVALUATION)
+    height, width = cli.datamodule.image_size
+    assert cli.model.net.model.patch_embed.img_size == (height, width) != (224, 224)
+    assert cli.trainer.global_step > 0 and "test/acc" in cli.trainer.callback_metrics
 
 
 def test_a_failed_download_is_one_line_naming_the_model_and_starts_no_run(

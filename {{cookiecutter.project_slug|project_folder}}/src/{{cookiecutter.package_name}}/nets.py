@@ -135,6 +135,7 @@ class Backbone(nn.Module):
         """
         super().__init__()
         import timm  # here: importing timm is slow, and commands without a backbone skip it
+        from timm.models import get_pretrained_cfg
 
         if not 0 < backbone_lr_ratio <= 1:
             raise ValueError(f"backbone_lr_ratio must be within (0, 1], not {backbone_lr_ratio}")
@@ -145,6 +146,10 @@ class Backbone(nn.Module):
         if fetch and weights_file and not Path(weights_file).is_file():
             raise ValueError(f"weights_file {weights_file} is not a file")
         overlay = {"file": str(weights_file)} if fetch and weights_file else None
+        # Models of a fixed input size (ViTs: their position embeddings) are built for the
+        # data's; timm resamples pretrained position embeddings to it.
+        fixed = getattr(get_pretrained_cfg(name), "fixed_input_size", False)
+        size = {"img_size": tuple(image_size)} if fixed else {}
         try:
             self.model = timm.create_model(
                 name,
@@ -152,6 +157,7 @@ class Backbone(nn.Module):
                 pretrained_cfg_overlay=overlay,
                 in_chans=in_channels,
                 num_classes=num_classes,
+                **size,
             )
         except OSError as error:  # the hub unreachable, or the file not weights
             raise ValueError(
