@@ -5,6 +5,8 @@ model's own, saved to a file by the tests."""
 
 import json
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,16 @@ import pytest
 import pytorch_lightning as pl
 import timm
 import torch
-from helpers import PACKAGE, QUICK_FIT, Fit, command
+from helpers import PACKAGE, QUICK_FIT, Fit, Run, command, read_rows, write_png
 from safetensors.torch import save_file
+{%- if cookiecutter.serve == "yes" %}
+from serving import running_server
+{%- endif %}
 from timm.models import adapt_input_conv
 
+from {{ cookiecutter.package_name }}.inference.classifier import load_classifier
+from {{ cookiecutter.package_name }}.inference.export import export
+from {{ cookiecutter.package_name }}.inference.predict import predict
 from {{ cookiecutter.package_name }}.model import ImageClassifier
 from {{ cookiecutter.package_name }}.nets import Backbone
 from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
@@ -32,10 +40,10 @@ QUICK_EVALUATION = [
 ]
 
 
-def save_weights(path: Path) -> dict[str, torch.Tensor]:
+def save_weights(path: Path, name: str = NAME) -> dict[str, torch.Tensor]:
     """Save a pretrained state dict as the hub's would be (3 channels, 1000 classes)."""
     torch.manual_seed(0)
-    weights = timm.create_model(NAME).state_dict()
+    weights = timm.create_model(name).state_dict()
     if path.suffix == ".safetensors":
         save_file(weights, path)
     else:
@@ -104,6 +112,18 @@ def test_pretrained_weights_bring_their_normalization_random_weights_take_the_da
     )
 
 
+def test_a_model_of_a_fixed_input_size_is_built_for_the_datas(fit: Fit, tmp_path: Path) -> None:
+    # A ViT pretrained at 224x224 pixels, and timm's test ViT from weights of 160x160 (its
+    # position embeddings resampled to the data's size).
+    save_weights(tmp_path / "vit.pth", "test_vit")
+    vit = Backbone(3, 2, (32, 48), name="test_vit", weights_file=str(tmp_path / "vit.pth"))
+    assert vit.model.patch_embed.grid_size == (32 // 16, 48 // 16)
+    cli = fit(tmp_path, "--model.net.init_args.name=vit_tiny_patch16_224", *QUICK_EVALUATION)
+    height, width = cli.datamodule.image_size
+    assert cli.model.net.model.patch_embed.img_size == (height, width) != (224, 224)
+    assert cli.trainer.global_step > 0 and "test/acc" in cli.trainer.callback_metrics
+
+
 def test_a_failed_download_is_one_line_naming_the_model_and_starts_no_run(
     data_flags: list[str], child_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -130,6 +150,79 @@ def test_a_failed_download_is_one_line_naming_the_model_and_starts_no_run(
     assert f"weights of {NAME} could not be downloaded" in error
     assert "--model.net.init_args.weights_file" in error
     assert not (tmp_path / "logs").exists(), "a failed start leaves no run to resume"
+
+
+@dataclass
+class FileTrained:
+    """A fit from a weights file since deleted: its checkpoint, test images (as tensors and
+    PNG files), and the trained model's logits for them."""
+
+    run: Run
+    images: torch.Tensor
+    files: list[Path]
+    logits: torch.Tensor
+
+
+@pytest.fixture(scope="module")
+def file_trained(fit: Fit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileTrained]:
+    workdir = tmp_path_factory.mktemp("file-trained")
+    weights = workdir / "weights.pth"
+    save_weights(weights)
+    flags = [f"--model.net.init_args.name={NAME}", "--model.net.init_args.pretrained=true"]
+    flags += [f"--model.net.init_args.weights_file={weights}", *QUICK_EVALUATION]
+    cli = fit(workdir, *flags, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2")
+    weights.unlink()
+    cli.datamodule.setup("test")
+    images = next(iter(cli.datamodule.test_dataloader()))[0][:8]
+    with torch.no_grad():  # one epoch: the best checkpoint holds the fit's last weights
+        logits = cli.model.cpu().eval()(images)
+    (workdir / "images").mkdir()
+    files = [write_png(image, workdir / "images" / f"{i}.png") for i, image in enumerate(images)]
+    # Nothing may fetch pretrained weights from now on: not the file, nor the hub.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(timm.models._builder, "load_pretrained", fetching_refused)
+        yield FileTrained(Run(cli, workdir), images, files, logits)
+
+
+def fetching_refused(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("pretrained weights fetched for a network built from a checkpoint")
+
+
+def test_predict_and_export_need_neither_the_weights_file_nor_the_hub(
+    file_trained: FileTrained, tmp_path: Path
+) -> None:
+    best, images, logits = file_trained.run.best, file_trained.images, file_trained.logits
+    model, _ = load_classifier(best)
+    # The pretrained normalization too, which the state dict does not hold.
+    trained = file_trained.run.cli.model
+    assert torch.equal(model.pixel_mean, trained.pixel_mean)
+    assert torch.equal(model.pixel_std, trained.pixel_std)
+    with torch.no_grad():
+        assert torch.equal(model(images), logits)
+    output = predict(best, file_trained.files[0].parent, tmp_path / "predictions.csv")
+    confidence, class_index = logits.softmax(dim=1).max(dim=1)
+    rows = read_rows(output)
+    assert [int(row["class_index"]) for row in rows] == class_index.tolist()
+    assert [float(row["confidence"]) for row in rows] == pytest.approx(confidence, abs=1e-6)
+    program = torch.export.load(export(best, "pt2", tmp_path / "model.pt2")).module()
+    assert torch.allclose(program(images.float()), logits, atol=1e-4)
+{%- if cookiecutter.serve == "yes" %}
+
+
+@pytest.mark.slow
+def test_serve_needs_neither_the_weights_file_nor_the_hub(
+    file_trained: FileTrained, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty-cache"
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(empty), "TORCH_HOME": str(empty)}
+    confidence, class_index = file_trained.logits.softmax(dim=1).max(dim=1)
+    with running_server(file_trained.run.best, tmp_path, {**child_env, **offline}) as server:
+        for index, file in enumerate(file_trained.files):
+            answer = server.post_image(file.read_bytes())
+            assert answer.status == 200, answer.body
+            assert answer.body["class_index"] == class_index[index]
+            assert answer.body["confidence"] == pytest.approx(float(confidence[index]), abs=1e-6)
+{%- endif %}
 
 
 class Watch(pl.Callback):

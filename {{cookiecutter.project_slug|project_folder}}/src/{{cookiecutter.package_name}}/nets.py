@@ -12,6 +12,9 @@ from one (``network_class``), so a crafted checkpoint cannot make loading import
 """
 
 {% if cookiecutter.model == "backbone" -%}
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -132,22 +135,29 @@ class Backbone(nn.Module):
         """
         super().__init__()
         import timm  # here: importing timm is slow, and commands without a backbone skip it
+        from timm.models import get_pretrained_cfg
 
         if not 0 < backbone_lr_ratio <= 1:
             raise ValueError(f"backbone_lr_ratio must be within (0, 1], not {backbone_lr_ratio}")
-        if weights_file and not (pretrained and Path(weights_file).is_file()):
-            raise ValueError(
-                f"weights_file {weights_file} "
-                + ("is not a file" if pretrained else "is given with pretrained false")
-            )
-        overlay = {"file": str(weights_file)} if weights_file else None
+        if weights_file and not pretrained:
+            raise ValueError(f"weights_file {weights_file} is given with pretrained false")
+        # Built from a checkpoint, the pretrained weights are not fetched: it holds them all.
+        fetch = pretrained and not WEIGHTS_FROM_CHECKPOINT.get()
+        if fetch and weights_file and not Path(weights_file).is_file():
+            raise ValueError(f"weights_file {weights_file} is not a file")
+        overlay = {"file": str(weights_file)} if fetch and weights_file else None
+        # Models of a fixed input size (ViTs: their position embeddings) are built for the
+        # data's; timm resamples pretrained position embeddings to it.
+        fixed = getattr(get_pretrained_cfg(name), "fixed_input_size", False)
+        size = {"img_size": tuple(image_size)} if fixed else {}
         try:
             self.model = timm.create_model(
                 name,
-                pretrained=pretrained,
+                pretrained=fetch,
                 pretrained_cfg_overlay=overlay,
                 in_chans=in_channels,
                 num_classes=num_classes,
+                **size,
             )
         except OSError as error:  # the hub unreachable, or the file not weights
             raise ValueError(
@@ -212,6 +222,22 @@ class Backbone(nn.Module):
 
         config = get_pretrained_cfg(name)
         return max(config.input_size[1:]) if config else 224
+
+
+# True while networks are built to take a checkpoint's weights (``weights_from_checkpoint``).
+WEIGHTS_FROM_CHECKPOINT = ContextVar("weights_from_checkpoint", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Networks built here get all their weights from a checkpoint next: one that would fetch
+    pretrained weights (a download, a weights file) skips them, and is otherwise the network
+    trained (the same layers, input normalization and settings)."""
+    token = WEIGHTS_FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        WEIGHTS_FROM_CHECKPOINT.reset(token)
 
 
 def per_channel(values: tuple[float, ...], channels: int) -> tuple[float, ...]:

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model import DATA_FACTS, ImageClassifier
-from ..nets import network_class
+from ..nets import network_class{% if cookiecutter.model == "backbone" %}, weights_from_checkpoint{% endif %}
 from ..support.checkpoints import read_checkpoint
 from ..support.errors import CheckpointError, UserError, one_line
 
@@ -23,10 +23,19 @@ def load_classifier(path: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
     try:
         net = hparams["net"]
         net_class = network_class(str(net.get("class_path", "")))
+{%- if cookiecutter.model == "backbone" %}
+        # The checkpoint holds every weight: no download, no weights file needed any more.
+        with weights_from_checkpoint():
+            model = ImageClassifier(
+                **{fact: hparams[fact] for fact in DATA_FACTS},
+                net=partial(net_class, **net.get("init_args", {})),
+            )
+{%- else %}
         model = ImageClassifier(
             **{fact: hparams[fact] for fact in DATA_FACTS},
             net=partial(net_class, **net.get("init_args", {})),
         )
+{%- endif %}
         model.load_state_dict(checkpoint["state_dict"])
     except (UserError, AttributeError, KeyError, RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(
