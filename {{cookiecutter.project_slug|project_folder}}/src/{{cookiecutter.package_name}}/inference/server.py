@@ -227,7 +227,7 @@ def build_server(
 ) -> Server:
     """The server for a checkpoint; loading it here first stops a bad one with one line.
     ``max_batch_size`` None: batching on a GPU only. On a CPU, waiting for a batch to fill
-    costs more than it saves unless many clients wait at once (the template's benchmark)."""
+    costs more than it saves unless many clients wait at once."""
     model, _ = load_classifier(ckpt_path)
     connector = _Connector(accelerator, devices)  # the devices LitServe picks for these flags
     if connector.accelerator != "cpu" and not connector.devices:
@@ -238,8 +238,8 @@ def build_server(
         max_batch_size = 1 if connector.accelerator == "cpu" else 16
     class_names = list(model.hparams.class_names)
     # On CPU, the model workers and LitServe's HTTP processes (one per worker) share the cores
-    # equally: with more torch threads they take cores from one another (on a busy 2-core
-    # machine, torch's default of 2 threads made a one-image forward pass 100x slower than 1).
+    # equally: with more torch threads than their share they take cores from one another, and
+    # a one-image forward pass waits for a thread that another process holds.
     cpu_threads = max(1, (os.cpu_count() or 1) // (2 * workers_per_device))
     api = ImageClassifierAPI(
         ckpt_path.resolve(),
