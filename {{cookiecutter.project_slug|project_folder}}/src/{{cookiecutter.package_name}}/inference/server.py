@@ -27,7 +27,7 @@ from ..support.errors import ConfigError
 from ..support.images import MAX_PIXELS
 from .api import ImageClassifierAPI
 from .classifier import load_classifier
-from .processes import PipeTransport, die_with_parent
+from .processes import PipeTransport, RequestPipes, die_with_parent
 
 FORM = "multipart/form-data"
 PAGE = Path(__file__).with_name("page.html")
@@ -146,9 +146,10 @@ class Server(ls.LitServer):
         super().run(*args, **kwargs)
 
     def _init_manager(self, num_api_servers: int) -> Any:
-        """LitServe's queues for the requests (its queues for the answers go unused),
-        ``PipeTransport`` for the answers, and a stop event of this process: waiting on the
-        manager's would fail with the manager."""
+        """LitServe's manager, which now holds only the model workers' setup status (its
+        queues go unused): ``RequestPipes`` for the requests, ``PipeTransport`` for the
+        answers, and a stop event of this process: waiting on the manager's would fail with
+        the manager."""
         # Its main process killed, the manager gets SIGTERM and exits as on a shutdown,
         # removing its socket file and folder (see serve.stop_on_signals). The HTTP
         # processes get SIGKILL: uvicorn would wait for answers that no longer come.
@@ -157,6 +158,8 @@ class Server(ls.LitServer):
             manager = super()._init_manager(num_api_servers)
         finally:
             self.children_die_by = signal.SIGKILL
+        for path in self.litapi_request_queues:
+            self.litapi_request_queues[path] = RequestPipes.for_producers(num_api_servers)
         self._transport = PipeTransport.for_consumers(num_api_servers)
         self._shutdown_event = threading.Event()
         return manager
