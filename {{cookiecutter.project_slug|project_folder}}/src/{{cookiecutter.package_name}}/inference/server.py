@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from litserve.connector import _Connector
+from litserve.server import no_auth
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -53,6 +54,10 @@ async def request_error(request: Request, error: RequestValidationError) -> JSON
     else:
         detail = f"the form field {field!r}: {first['msg']}"
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def accept_any() -> None:
+    """The credentials check of a server that asks for none (see ``Server.setup_auth``)."""
 
 
 async def page() -> HTMLResponse:
@@ -163,6 +168,13 @@ class Server(ls.LitServer):
         self._transport = PipeTransport.for_consumers(num_api_servers)
         self._shutdown_event = threading.Event()
         return manager
+
+    def setup_auth(self, lit_api: ls.LitAPI | None = None) -> Callable:
+        """LitServe's check of a request's credentials; where there is none, one that FastAPI
+        awaits: it runs a plain function, as LitServe's ``no_auth`` (src/litserve/server.py),
+        in its thread pool, a thread hop for every request."""
+        check = super().setup_auth(lit_api)
+        return accept_any if check is no_auth else check
 
     def _start_server(
         self, port: int, servers: int, log_level: str, sockets: list, *args: Any, **kwargs: Any
