@@ -42,7 +42,10 @@ from serving import (
 from {{ cookiecutter.package_name }} import TEMPLATE_VERSION
 from {{ cookiecutter.package_name }}.inference import serve
 from {{ cookiecutter.package_name }}.inference.predict import predict
-from {{ cookiecutter.package_name }}.inference.processes import OpportunisticBatches, RequestPipes
+from {{ cookiecutter.package_name }}.inference.processes import (
+    OpportunisticBatches,
+    RequestPipes,
+)
 from {{ cookiecutter.package_name }}.support.images import MAX_PIXELS
 
 pytestmark = pytest.mark.slow

@@ -241,8 +241,7 @@ def build_server(
     allowed_hosts: list[str],
 ) -> Server:
     """The server for a checkpoint; loading it here first stops a bad one with one line.
-    ``max_batch_size`` None: batching on a GPU only. On a CPU, waiting for a batch to fill
-    costs more than it saves unless many clients wait at once (the template's benchmark)."""
+    ``max_batch_size`` None: batches of up to 16 on a GPU, none on a CPU."""
     model, _ = load_classifier(ckpt_path)
     connector = _Connector(accelerator, devices)  # the devices LitServe picks for these flags
     if connector.accelerator != "cpu" and not connector.devices:
