@@ -44,7 +44,7 @@ class PipeTransport(MessageTransport):
     ``BaseConsumer._parse_message`` in src/litserve/transport/zmq_queue.py,
     ``generate_random_zmq_address`` in src/litserve/utils.py). LitServe's other transport
     polls multiprocessing manager queues from a thread, a thread hop per answer. The requests
-    travel the same way, through ``RequestPipes``.
+    travel over pipes too (``RequestPipes``).
 
     The HTTP process reads its pipe in its event loop, never blocking it on half a message
     (``Connection.recv_bytes`` would: the connections are only what carries a pipe into the

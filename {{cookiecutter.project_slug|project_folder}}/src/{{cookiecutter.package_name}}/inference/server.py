@@ -151,7 +151,7 @@ class Server(ls.LitServer):
         super().run(*args, **kwargs)
 
     def _init_manager(self, num_api_servers: int) -> Any:
-        """LitServe's manager, which now holds only the model workers' setup status (its
+        """LitServe's manager, which here holds only the model workers' setup status (its
         queues go unused): ``RequestPipes`` for the requests, ``PipeTransport`` for the
         answers, and a stop event of this process: waiting on the manager's would fail with
         the manager."""
