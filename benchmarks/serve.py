@@ -8,7 +8,7 @@ epoch on the data module's own small sample (the model's speed does not depend o
 accuracy). Then, in each of --rounds rounds, it starts in turn on a free 127.0.0.1 port:
 
 - the project's server (`python -m mnist_lab.inference.serve`) with its defaults, and with
-  each setting the defaults were chosen against (batching up to 16 requests, two model
+  each setting the defaults were chosen against (no batching, two model
   workers);
 - benchmarks/plain_server.py, one FastAPI process doing the same decoding and model call per
   request, as a user would write it, with torch's default threads and with one thread.
@@ -281,7 +281,7 @@ def main() -> None:
     plain = [sys.executable, str(HERE / "plain_server.py"), str(project / "src"), str(ckpt_path)]
     servers = [
         ("LitServe, defaults", [*serve, "--port"], env),
-        ("LitServe, batching 16", [*serve, "--max_batch_size", "16", "--port"], env),
+        ("LitServe, no batching", [*serve, "--max_batch_size", "1", "--port"], env),
         ("LitServe, 2 workers", [*serve, "--workers_per_device", "2", "--port"], env),
         ("plain FastAPI", plain, env),
         ("plain FastAPI, 1 thread", plain, {**env, "OMP_NUM_THREADS": "1"}),

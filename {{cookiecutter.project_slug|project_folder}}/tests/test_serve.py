@@ -6,18 +6,22 @@ tests hold for any ``data.py`` whose images have one or three channels. The test
 server's processes read Linux's /proc.
 """
 
+import asyncio
 import base64
 import http.client
 import io
 import json
 import os
+import queue
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -38,6 +42,10 @@ from serving import (
 from {{ cookiecutter.package_name }} import TEMPLATE_VERSION
 from {{ cookiecutter.package_name }}.inference import serve
 from {{ cookiecutter.package_name }}.inference.predict import predict
+from {{ cookiecutter.package_name }}.inference.processes import (
+    OpportunisticBatches,
+    RequestPipes,
+)
 from {{ cookiecutter.package_name }}.support.images import MAX_PIXELS
 
 pytestmark = pytest.mark.slow
@@ -299,15 +307,69 @@ def test_the_servers_own_names_and_pages_are_answered(server: Server, expected: 
 @linux_only
 def test_no_other_process_can_reach_the_transport(server: Server) -> None:
     """Every unix socket the server's processes hold lies in a folder of the user's own (0700),
-    under umask 000 too: LitServe's request queues, whose manager asks for the server's
-    authentication key before it reads anything. The answers travel through anonymous pipes,
-    which no other process can open."""
+    under umask 000 too: LitServe's manager, which holds the model workers' status and asks
+    for the server's authentication key before it reads anything. The requests and the
+    answers travel through anonymous pipes, which no other process can open."""
     paths = unix_socket_paths(session_processes(server.process.pid))
-    assert paths, "no unix socket at all: the manager of LitServe's queues has one"
+    assert paths, "no unix socket at all: LitServe's manager has one"
     for path in paths:
         assert not path.startswith("@"), f"{path}: in the abstract namespace, open to any process"
         folder = Path(path).parent.stat()
         assert (folder.st_mode & 0o777, folder.st_uid) == (0o700, os.getuid()), path
+
+
+def test_a_batch_is_what_queued_and_a_lone_request_waits_for_none() -> None:
+    """The requests that queued while the model was busy make one batch, up to its size; one
+    that comes later joins it only within ``batch_timeout``; one that waited past the
+    server's timeout is told so (504)."""
+    requests: queue.Queue = queue.Queue()
+    loop = OpportunisticBatches()
+    for waited in (0, 0, 60, 0):  # seconds, the third past LitServe's default timeout of 30
+        requests.put((0, f"uid-{len(requests.queue)}", time.monotonic() - waited, "payload"))
+    api = SimpleNamespace(max_batch_size=3, batch_timeout=0, request_timeout=30)
+    batch, timed_out = loop.get_batch_requests(api, requests, None)
+    assert [uid for _, uid, _ in batch] == ["uid-0", "uid-1"] and timed_out == [(0, "uid-2")]
+    for batch_timeout, expected in ((0, ["uid-3"]), (5, ["uid-3", "uid-4"])):
+        later = threading.Timer(0.5, requests.put, [(0, "uid-4", time.monotonic(), "payload")])
+        later.start()
+        api.batch_timeout = batch_timeout
+        batch, _ = loop.get_batch_requests(api, requests, None)
+        assert [uid for _, uid, _ in batch] == expected, f"batch_timeout {batch_timeout}"
+        later.join()
+        requests.queue.clear()
+        requests.put((0, "uid-3", time.monotonic(), "payload"))
+
+
+def test_an_http_process_never_waits_on_its_request_pipe() -> None:
+    """Requests beyond what the pipes hold, sent while no model worker reads: sending returns
+    at once, and the model workers then get every request whole, each HTTP process's in
+    order, the two taking turns."""
+    pipes = RequestPipes.for_producers(2)
+    sent = [(index % 2, f"uid-{index}", 0.0, os.urandom(100_000)) for index in range(40)]
+    received: list[tuple] = []
+    all_sent, sent_in_time = threading.Event(), []
+
+    def model_worker() -> None:
+        sent_in_time.append(all_sent.wait(timeout=10))  # else a blocked sender waits for this
+        while len(received) < len(sent):
+            received.append(pipes.get(timeout=10))
+
+    async def http_processes() -> None:
+        for request in sent:
+            pipes.put(request)
+        all_sent.set()
+        while reader.is_alive():  # the event loop writes the rest as the pipes empty
+            await asyncio.sleep(0.01)
+
+    reader = threading.Thread(target=model_worker)
+    reader.start()
+    asyncio.run(http_processes())
+    assert sent_in_time == [True] and len(received) == len(sent)
+    for process in (0, 1):
+        assert [item for item in received if item[0] == process] == sent[process::2]
+    assert [item[0] for item in received[:4]] == [0, 1, 0, 1]
+    with pytest.raises(queue.Empty):
+        pipes.get(timeout=0)
 
 
 def test_an_answer_the_server_cannot_read_fails_alone(

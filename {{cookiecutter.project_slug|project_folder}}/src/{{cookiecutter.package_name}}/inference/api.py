@@ -22,7 +22,7 @@ from ..support.errors import ImageError, one_line
 from ..support.images import decode
 from ..support.process import default_precision
 from .classifier import load_classifier
-from .processes import die_with_parent
+from .processes import OpportunisticBatches, die_with_parent
 
 
 class ImageUpload(BaseModel):
@@ -58,7 +58,8 @@ class ImageClassifierAPI(ls.LitAPI):
         max_batch_size: int,
         batch_timeout: float,
     ) -> None:
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        loop = OpportunisticBatches() if max_batch_size > 1 else "auto"
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=loop)
         self.ckpt_path = ckpt_path
         self.top_k = top_k
         self.cpu_threads = cpu_threads

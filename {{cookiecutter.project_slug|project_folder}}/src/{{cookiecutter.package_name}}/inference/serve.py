@@ -8,7 +8,7 @@ POST /predict takes one image file in the multipart form field ``image`` and ans
 its class index, class name and confidence (softmax probability), and the ``--top_k`` most
 likely classes. Images are decoded by ``images.decode``, as in ``predict``, so both give the
 same answer for the same file. LitServe runs the model in worker processes, on a GPU batches
-requests that arrive together (``--max_batch_size``, ``--batch_timeout``), and serves GET
+requests that queue together (``--max_batch_size``, ``--batch_timeout``), and serves GET
 /health (200 once the workers are ready) and GET /info (class names, input shape, checkpoint,
 template version). It answers only requests sent to ``--allowed_hosts``, and POSTs from its own
 page or from clients that send no Origin (curl, scripts). SIGTERM or Ctrl-C, to this process
@@ -72,11 +72,12 @@ def check_port_is_free(host: str, port: int) -> None:
             ) from None
 
 
-def positive(kind: type) -> type:
+def positive(kind: type, zero: bool = False) -> type:
     def value(text: str) -> float:
         number = kind(text)
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        if number < 0 or (number == 0 and not zero):
+            allowed = "0 or above 0" if zero else "above 0"
+            raise argparse.ArgumentTypeError(f"must be {allowed}, not {text}")
         return number
 
     return value
@@ -99,9 +100,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     add("--devices", type=devices_value, default="auto", help="'auto' or a count (%(default)s)")
     add("--workers_per_device", type=positive(int), default=1, help="model processes per device")
-    add("--max_batch_size", type=positive(int), help="1: no batching; 16 on a GPU, 1 on CPU")
-    # At 0, LitServe's batching loop would poll its queue without pause: a whole core while idle.
-    add("--batch_timeout", type=positive(float), default=0.005, help="seconds a batch may wait")
+    add(
+        "--max_batch_size",
+        type=positive(int),
+        default=16,
+        help="the most requests classified together (%(default)s); 1: each on its own",
+    )
+    add(
+        "--batch_timeout",
+        type=positive(float, zero=True),
+        default=0,
+        help="seconds a batch waits for more requests after its first; 0: it takes those that "
+        "came while the model was busy",
+    )
     add("--max_payload_mb", type=positive(float), default=10, help="larger requests get 413")
     add(
         "--top_k", type=positive(int), default=5, help="most likely classes to answer (%(default)s)"

@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from litserve.connector import _Connector
+from litserve.server import no_auth
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -27,7 +28,7 @@ from ..support.errors import ConfigError
 from ..support.images import MAX_PIXELS
 from .api import ImageClassifierAPI
 from .classifier import load_classifier
-from .processes import PipeTransport, die_with_parent
+from .processes import PipeTransport, RequestPipes, die_with_parent
 
 FORM = "multipart/form-data"
 PAGE = Path(__file__).with_name("page.html")
@@ -53,6 +54,10 @@ async def request_error(request: Request, error: RequestValidationError) -> JSON
     else:
         detail = f"the form field {field!r}: {first['msg']}"
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def accept_any() -> None:
+    """The credentials check of a server that asks for none (see ``Server.setup_auth``)."""
 
 
 async def page() -> HTMLResponse:
@@ -146,9 +151,10 @@ class Server(ls.LitServer):
         super().run(*args, **kwargs)
 
     def _init_manager(self, num_api_servers: int) -> Any:
-        """LitServe's queues for the requests (its queues for the answers go unused),
-        ``PipeTransport`` for the answers, and a stop event of this process: waiting on the
-        manager's would fail with the manager."""
+        """LitServe's manager, which here holds only the model workers' setup status (its
+        queues go unused): ``RequestPipes`` for the requests, ``PipeTransport`` for the
+        answers, and a stop event of this process: waiting on the manager's would fail with
+        the manager."""
         # Its main process killed, the manager gets SIGTERM and exits as on a shutdown,
         # removing its socket file and folder (see serve.stop_on_signals). The HTTP
         # processes get SIGKILL: uvicorn would wait for answers that no longer come.
@@ -157,9 +163,18 @@ class Server(ls.LitServer):
             manager = super()._init_manager(num_api_servers)
         finally:
             self.children_die_by = signal.SIGKILL
+        for path in self.litapi_request_queues:
+            self.litapi_request_queues[path] = RequestPipes.for_producers(num_api_servers)
         self._transport = PipeTransport.for_consumers(num_api_servers)
         self._shutdown_event = threading.Event()
         return manager
+
+    def setup_auth(self, lit_api: ls.LitAPI | None = None) -> Callable:
+        """LitServe's check of a request's credentials; where there is none, one that FastAPI
+        awaits: it runs a plain function, as LitServe's ``no_auth`` (src/litserve/server.py),
+        in its thread pool, a thread hop for every request."""
+        check = super().setup_auth(lit_api)
+        return accept_any if check is no_auth else check
 
     def _start_server(
         self, port: int, servers: int, log_level: str, sockets: list, *args: Any, **kwargs: Any
@@ -220,22 +235,20 @@ def build_server(
     accelerator: str,
     devices: int | str,
     workers_per_device: int,
-    max_batch_size: int | None,
+    max_batch_size: int,
     batch_timeout: float,
     max_payload_mb: float,
     allowed_hosts: list[str],
 ) -> Server:
     """The server for a checkpoint; loading it here first stops a bad one with one line.
-    ``max_batch_size`` None: batching on a GPU only. On a CPU, waiting for a batch to fill
-    costs more than it saves unless many clients wait at once."""
+    A batch is what queued while the model was busy, so batching costs a lone request nothing.
+    """
     model, _ = load_classifier(ckpt_path)
     connector = _Connector(accelerator, devices)  # the devices LitServe picks for these flags
     if connector.accelerator != "cpu" and not connector.devices:
         raise ConfigError(
             f"--accelerator {accelerator}: this machine has no such device; use auto or cpu"
         )
-    if max_batch_size is None:
-        max_batch_size = 1 if connector.accelerator == "cpu" else 16
     class_names = list(model.hparams.class_names)
     # On CPU, the model workers and LitServe's HTTP processes (one per worker) share the cores
     # equally: with more torch threads than their share they take cores from one another, and
