@@ -73,6 +73,7 @@ PACKAGE_FILES = {
     "support/process.py",
     "training/callbacks.py",
     "training/report.py",
+    "training/length.py",
     "training/resume.py",
     "training/runs.py",
 }
