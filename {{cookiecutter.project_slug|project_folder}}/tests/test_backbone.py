@@ -15,8 +15,17 @@ import pytest
 import pytorch_lightning as pl
 import timm
 import torch
-from helpers import PACKAGE, QUICK_FIT, Fit, Run, command, read_rows, write_png
-from safetensors.torch import save_file
+from helpers import (
+    PACKAGE,
+    QUICK_FIT,
+    TEST_BACKBONE,
+    Fit,
+    Run,
+    command,
+    read_rows,
+    save_weights,
+    write_png,
+)
 {%- if cookiecutter.serve == "yes" %}
 from serving import running_server
 {%- endif %}
@@ -30,25 +39,13 @@ from {{ cookiecutter.package_name }}.nets import Backbone
 from {{ cookiecutter.package_name }}.support.checkpoints import read_checkpoint
 from {{ cookiecutter.package_name }}.train import TrainCLI
 
-# timm's smallest ResNet (0.4 M parameters, with BatchNorm): fits in seconds on a CPU.
-NAME = "test_resnet"
+NAME = TEST_BACKBONE
 # Quick fits: one batch of each evaluation, no sanity check.
 QUICK_EVALUATION = [
     "--trainer.limit_val_batches=1",
     "--trainer.limit_test_batches=1",
     "--trainer.num_sanity_val_steps=0",
 ]
-
-
-def save_weights(path: Path, name: str = NAME) -> dict[str, torch.Tensor]:
-    """Save a pretrained state dict as the hub's would be (3 channels, 1000 classes)."""
-    torch.manual_seed(0)
-    weights = timm.create_model(name).state_dict()
-    if path.suffix == ".safetensors":
-        save_file(weights, path)
-    else:
-        torch.save(weights, path)
-    return weights
 
 
 @pytest.fixture(scope="module")
