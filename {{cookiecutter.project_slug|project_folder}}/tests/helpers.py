@@ -67,6 +67,16 @@ def save_weights(path: Path, name: str = TEST_BACKBONE) -> dict[str, torch.Tenso
     else:
         torch.save(weights, path)
     return weights
+
+
+def pretrained_flags(path: Path) -> list[str]:
+    """Flags of a backbone pretrained from a weights file, saved at ``path`` (no hub)."""
+    save_weights(path)
+    return [
+        f"--model.net.init_args.name={TEST_BACKBONE}",
+        "--model.net.init_args.pretrained=true",
+        f"--model.net.init_args.weights_file={path}",
+    ]
 {%- endif %}
 
 
