@@ -5,7 +5,6 @@ model's own, saved to a file by the tests."""
 
 import json
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -161,7 +160,7 @@ class FileTrained:
 
 
 @pytest.fixture(scope="module")
-def file_trained(fit: Fit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileTrained]:
+def file_trained(fit: Fit, tmp_path_factory: pytest.TempPathFactory) -> FileTrained:
     workdir = tmp_path_factory.mktemp("file-trained")
     weights = workdir / "weights.pth"
     save_weights(weights)
@@ -175,10 +174,7 @@ def file_trained(fit: Fit, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         logits = cli.model.cpu().eval()(images)
     (workdir / "images").mkdir()
     files = [write_png(image, workdir / "images" / f"{i}.png") for i, image in enumerate(images)]
-    # Nothing may fetch pretrained weights from now on: not the file, nor the hub.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(timm.models._builder, "load_pretrained", fetching_refused)
-        yield FileTrained(Run(cli, workdir), images, files, logits)
+    return FileTrained(Run(cli, workdir), images, files, logits)
 
 
 def fetching_refused(*args: Any, **kwargs: Any) -> None:
@@ -186,8 +182,10 @@ def fetching_refused(*args: Any, **kwargs: Any) -> None:
 
 
 def test_predict_and_export_need_neither_the_weights_file_nor_the_hub(
-    file_trained: FileTrained, tmp_path: Path
+    file_trained: FileTrained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The file is gone; nor may the hub be asked.
+    monkeypatch.setattr(timm.models._builder, "load_pretrained", fetching_refused)
     best, images, logits = file_trained.run.best, file_trained.images, file_trained.logits
     model, _ = load_classifier(best)
     # The pretrained normalization too, which the state dict does not hold.
