@@ -36,8 +36,15 @@ SUITE_VARIANTS = [
         },
         OTHER_DATA_AND_NETWORK_TESTS,
     ),
-    # The pretrained backbone's own tests: weights from a file, fine-tuning and its resume.
-    ({"model": "backbone", "dataset": "image_folder"}, ["tests/test_backbone.py"]),
+    # The pretrained backbone's own tests: weights from a file, fine-tuning and its resume,
+    # checkpoints that load without the weights, a ViT's input size; and export parity.
+    (
+        {"model": "backbone", "dataset": "image_folder"},
+        [
+            "tests/test_backbone.py",
+            "tests/test_export.py::test_exported_model_matches_the_checkpoint_for_any_batch",
+        ],
+    ),
 ]
 
 

@@ -20,9 +20,15 @@ from typing import Any
 
 import pytest
 import pytorch_lightning as pl
+{%- if cookiecutter.model == "backbone" %}
+import timm
+{%- endif %}
 import torch
 from PIL import Image
 from pytorch_lightning.callbacks import Timer
+{%- if cookiecutter.model == "backbone" %}
+from safetensors.torch import save_file
+{%- endif %}
 
 from {{ cookiecutter.package_name }}.train import TrainCLI, train
 
@@ -46,6 +52,32 @@ QUICK_FIT = [
 ]
 
 Fit = Callable[..., TrainCLI]
+{%- if cookiecutter.model == "backbone" %}
+
+# timm's smallest ResNet (0.4 M parameters, with BatchNorm): fits in seconds on a CPU.
+TEST_BACKBONE = "test_resnet"
+
+
+def save_weights(path: Path, name: str = TEST_BACKBONE) -> dict[str, torch.Tensor]:
+    """Save a pretrained state dict as the hub's would be (3 channels, 1000 classes)."""
+    torch.manual_seed(0)
+    weights = timm.create_model(name).state_dict()
+    if path.suffix == ".safetensors":
+        save_file(weights, path)
+    else:
+        torch.save(weights, path)
+    return weights
+
+
+def pretrained_flags(path: Path) -> list[str]:
+    """Flags of a backbone pretrained from a weights file, saved at ``path`` (no hub)."""
+    save_weights(path)
+    return [
+        f"--model.net.init_args.name={TEST_BACKBONE}",
+        "--model.net.init_args.pretrained=true",
+        f"--model.net.init_args.weights_file={path}",
+    ]
+{%- endif %}
 
 
 def as_flags(section: str, values: dict[str, Any]) -> list[str]:

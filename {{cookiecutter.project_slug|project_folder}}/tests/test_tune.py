@@ -20,7 +20,20 @@ import optuna
 import pytest
 import pytorch_lightning as pl
 import yaml
+{% if cookiecutter.model == "backbone" -%}
+from helpers import (
+    QUICK_FIT,
+    callbacks_flag,
+    command,
+    exit_message,
+    free_port,
+    pretrained_flags,
+    read_rows,
+    run,
+)
+{% else -%}
 from helpers import QUICK_FIT, callbacks_flag, command, exit_message, free_port, read_rows, run
+{% endif -%}
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -125,9 +138,19 @@ def callback(name: str, **arguments: Any) -> str:
     return callbacks_flag({"class_path": f"test_tune.{name}", "init_args": arguments})
 
 
+{% if cookiecutter.model == "backbone" -%}
+def test_shipped_search_space_is_searchable_in_the_default_config(
+    data_flags: list[str], tmp_path: Path
+) -> None:
+    search = load_search(DEFAULT_SEARCH)
+    # Pretrained as configured, from a file of timm's test ResNet (no hub here).
+    flags = [*data_flags, *pretrained_flags(tmp_path / "weights.pth")]
+    check_search(search, DEFAULT_SEARCH, resolve(flags).config)
+{% else -%}
 def test_shipped_search_space_is_searchable_in_the_default_config(data_flags: list[str]) -> None:
     search = load_search(DEFAULT_SEARCH)
     check_search(search, DEFAULT_SEARCH, resolve(data_flags).config)
+{%- endif %}
     assert search.direction == "maximize" and search.metric == "val/acc"
 
 
@@ -397,6 +420,15 @@ def distribution(kind: str, **arguments: Any) -> dict[str, Any]:
         (
             {
                 "search_space": {
+{%- if cookiecutter.model == "backbone" %}
+                    "model.net.init_args.backbone_lr_ratio": distribution(
+                        "FloatDistribution", low=0.5, high=1.5
+                    )
+                }
+            },
+            [],
+            "search_space model.net.init_args.backbone_lr_ratio = 1.5: --model.net cannot be built",
+{%- else %}
                     "model.net.init_args.dropout": distribution(
                         "FloatDistribution", low=0.0, high=1.5
                     )
@@ -404,6 +436,7 @@ def distribution(kind: str, **arguments: Any) -> dict[str, Any]:
             },
             [],
             "search_space model.net.init_args.dropout = 1.5: --model.net cannot be built",
+{%- endif %}
         ),
         ({}, ["--trainer.max_epochs=abc"], "max_epochs"),
         ({}, ["--trainer.devices=2"], "tune runs each trial on one device"),

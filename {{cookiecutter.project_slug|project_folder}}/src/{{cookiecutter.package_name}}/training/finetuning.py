@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -61,6 +62,16 @@ class FreezeBackbone(pl.Callback):
         if freeze_epochs < 0:
             raise ValueError(f"freeze_epochs must be at least 0, not {freeze_epochs}")
         self.freeze_epochs = freeze_epochs
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # DDP wraps the network before the first epoch, every parameter requiring a gradient:
+        # a frozen backbone then gives none, which DDP refuses unless told to look for unused
+        # parameters. Frozen, they are left out of the step; unfrozen, they are synchronized
+        # again. The strategy's DDP arguments are set here because DDPStrategy only takes them
+        # when built, and `strategy: auto` builds it.
+        frozen_phase = self.freeze_epochs and getattr(pl_module.net, "pretrained", False)
+        if frozen_phase and isinstance(trainer.strategy, DDPStrategy):
+            trainer.strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = pl_module.net
