@@ -216,9 +216,7 @@ def test_config_files_parse_and_follow_the_answers(baked: tuple[dict[str, str], 
 # bake without the wing must mention none of them, anywhere in its files (`re.search` is Python's
 # regular expressions, not the search).
 WING_MENTIONS = {
-    "serve": re.compile(
-        r"LitServe|FastAPI|uvicorn|\bserv(e|es|ed|ing|ers)\b|page\.html|\[serve\]"
-    ),
+    "serve": re.compile(r"LitServe|FastAPI|uvicorn|\bserv(e|es|ed|ing|ers)\b|page\.html|\[serve\]"),
     "tune": re.compile(
         r"Optuna|(?<![Ff]ine-)\btun(e|es|ed|ing)\b|(?<!re\.)\bsearch(es)?\b|\btrials?\b|\[tune\]"
     ),
