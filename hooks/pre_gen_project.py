@@ -28,21 +28,8 @@ DEPENDENCY_MODULES = {
     "onnxscript": ("onnxscript", "onnx_ir"),
     "onnxruntime": ("onnxruntime",),
     "litserve": (
-        "litserve",
-        "fastapi",
-        "starlette",
-        "uvicorn",
-        "pydantic",
-        "pydantic_core",
-        "zmq",
-        "anyio",
-        "h11",
-        "httptools",
-        "uvloop",
-        "websockets",
-        "watchfiles",
-        "dotenv",
-        "click",
+        "litserve", "fastapi", "starlette", "uvicorn", "pydantic", "pydantic_core", "zmq",
+        "anyio", "h11", "httptools", "uvloop", "websockets", "watchfiles", "dotenv", "click",
     ),
     "python-multipart": ("multipart", "python_multipart"),
     "optuna": ("optuna", "sqlalchemy", "alembic", "mako", "colorlog", "tqdm"),
@@ -62,7 +49,7 @@ TAKEN_NAMES = {"test", "tests"} | {
 # Longer names make file names and import lines too long to read (and to lint clean).
 MAX_PACKAGE_LENGTH = 40
 # Set where the template turns unsafe slugs into a throw-away folder (local_extensions.py).
-MAX_SLUG_LENGTH = {{max_slug_length}}
+MAX_SLUG_LENGTH = {{ max_slug_length }}
 
 # The distribution-name rule of the Python packaging specifications.
 SLUG_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
