@@ -75,9 +75,10 @@ def test_compiled_fit_saves_the_uncompiled_networks_checkpoint(fit: Fit, tmp_pat
 
 
 def test_compile_without_a_compiler_is_refused_in_one_line_before_the_run(
-    data_flags: list[str], workdir: Path, monkeypatch: pytest.MonkeyPatch
+    data_flags: list[str], workdir: Path
 ) -> None:
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, str(workdir / "no-such-c++")))
-    message = exit_message(main, [*data_flags, "--model.compile=true"])
+    # Inductor's own patching: its config module has no attribute to put back afterwards.
+    with torch._inductor.config.patch({"cpp.cxx": (None, str(workdir / "no-such-c++"))}):
+        message = exit_message(main, [*data_flags, "--model.compile=true"])
     assert message.startswith("error: --model.compile true needs a C++ compiler"), message
     assert not list(workdir.iterdir()), "the refused run wrote files"
