@@ -1,5 +1,6 @@
 """Every option value bakes into exactly its files, fully rendered and lint-clean."""
 
+import ast
 import json
 import re
 import subprocess
@@ -179,6 +180,69 @@ def test_ruff_check_and_format_are_clean(baked: tuple[dict[str, str], Path]) -> 
             [sys.executable, "-m", "ruff", *command], cwd=project, capture_output=True, text=True
         )
         assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+# The package's floors, lowest first: a module imports only from floors below its own and from
+# its own group. support/ is the ground every command stands on; the data layer and the
+# networks stand on it alone; the model on those; training and inference on the model.
+FLOORS = {
+    "support": 0,
+    "data": 1,  # data.py and, with image_folder, the modules it is split into
+    "nets": 1,
+    "model": 2,
+    "training": 3,
+    "inference": 3,
+    "train": 4,
+    "tune": 5,
+}
+DATA_LAYER = {"augment", "image_cache", "image_files"}
+
+
+def group_of(module: str) -> str:
+    top = module.split(".")[0]
+    return "data" if top in DATA_LAYER else top
+
+
+def package_imports(package: Path) -> dict[str, set[str]]:
+    """Each module of the package (dotted, relative to it) -> the package modules it imports."""
+    graph = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        here = list(path.relative_to(package).parent.parts)
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                stem = [*base, *(node.module.split(".") if node.module else [])]
+            elif (node.module or "").split(".")[0] == package.name:
+                stem = node.module.split(".")[1:]
+            else:
+                continue
+            for alias in node.names:
+                named = [*stem, alias.name]
+                is_module = (package / Path(*named)).with_suffix(".py").is_file()
+                targets.add(".".join(named if is_module else stem))
+        graph[module] = targets - {""}
+    return graph
+
+
+def test_no_import_runs_back_up(baked: tuple[dict[str, str], Path]) -> None:
+    _, project = baked
+    [package] = project.glob("src/*/__init__.py")
+    graph = package_imports(package.parent)
+    assert "support.checkpoints" in graph["inference.classifier"]  # the graph was read
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module
+        for target in targets
+        if group_of(target) != group_of(module)
+        and FLOORS[group_of(target)] >= FLOORS[group_of(module)]
+    ]
+    assert not upward, "imports that run back up:\n" + "\n".join(upward)
 
 
 def config_of(project: Path, name: str = "default.yaml") -> dict:

@@ -69,7 +69,8 @@ class TrainCLI(LightningCLI):
                 "precision": default_precision(),
                 # A live progress bar in a terminal; one line per epoch in logs and batch jobs.
                 "enable_progress_bar": sys.stderr.isatty(),
-                # After the config's own (trainer.callbacks).
+                # Fixes to Lightning's loop, not choices: always on, whatever the config's
+                # trainer.callbacks list (Lightning runs them after it).
                 "callbacks": [ValidateAtStepLimit(), ResumeLoaders(), *callbacks],
             },
         )
