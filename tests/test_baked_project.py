@@ -26,10 +26,15 @@ OTHER_DATA_AND_NETWORK_TESTS = [
 SIGTERM_IN_TRAINING = (
     "tests/test_resume.py::test_sigterm_leaves_a_run_that_resumes_to_the_same_end[train]"
 )
+SIGTERM_IN_TESTING = (
+    "tests/test_resume.py::test_sigterm_leaves_a_run_that_resumes_to_the_same_end[test]"
+)
 SUITE_VARIANTS = [
     # Left to other tests of this suite: AOTInductor's export (the image_folder bake's, on RGB
     # images), a study shared on a journal file or PostgreSQL (test_scale_out's Slurm arrays),
-    # a SIGTERM in a training step (this bake's in-process test stops the same fit the same way).
+    # a SIGTERM in a training step (this bake's in-process test stops the same fit the same way)
+    # or in the test stage (nothing of the fit is left to lose there), and DDP's fit and test
+    # (test_scale_out runs them on two processes under torchrun's and Slurm's launchers).
     (
         EVERY_OPTION,
         [
@@ -37,6 +42,8 @@ SUITE_VARIANTS = [
             *("--deselect", "tests/test_tune.py::test_two_workers_share_one_study[journal]"),
             *("--deselect", "tests/test_tune.py::test_two_workers_share_one_study[postgresql]"),
             *("--deselect", SIGTERM_IN_TRAINING),
+            *("--deselect", SIGTERM_IN_TESTING),
+            *("--deselect", "tests/test_ddp.py::test_ddp_fit_test_and_predict"),
         ],
     ),
     (

@@ -16,9 +16,6 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from .support.errors import ConfigError, one_line
 from .support.process import require_compiler
-{%- if cookiecutter.model == "backbone" %}
-from .training.finetuning import parameter_groups, scale_rates
-{%- endif %}
 
 # What the data module tells the model about its data (linked by train.py, kept in checkpoints).
 DATA_FACTS = ("class_names", "channels", "image_size", "mean", "std")
@@ -185,7 +182,7 @@ class ImageClassifier(pl.LightningModule):
             raise ConfigError("--model.optimizer is not set: give one in the config")
         try:
 {%- if cookiecutter.model == "backbone" %}
-            # The backbone at a fraction of the classifier's rate (training/finetuning.py).
+            # The backbone at a fraction of the classifier's rate (parameter_groups below).
             optimizer = self.make_optimizer(parameter_groups(self.net))
             rates = scale_rates(optimizer, self.make_scheduler)
 {%- else %}
@@ -227,3 +224,33 @@ def span(make_scheduler: Callable[..., LRScheduler], total_steps: int) -> dict[s
     target = make_scheduler.args[-1] if isinstance(make_scheduler, partial) else make_scheduler
     parameters = inspect.signature(target).parameters
     return {name: total_steps for name in SPAN_ARGUMENTS if name in parameters}
+{%- if cookiecutter.model == "backbone" %}
+
+
+# Schedulers that set every group's rate from their own arguments rather than the group's lr.
+RATE_ARGUMENTS = ("max_lr", "base_lr")
+
+
+def parameter_groups(net: nn.Module) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups for ``net``, each with its ``lr_ratio``."""
+    if hasattr(net, "parameter_groups"):
+        return net.parameter_groups()
+    return [{"params": list(net.parameters()), "lr_ratio": 1.0}]
+
+
+def scale_rates(
+    optimizer: Optimizer, make_scheduler: Callable[..., LRScheduler] | None
+) -> dict[str, list[float]]:
+    """Scale each group's rate by its ``lr_ratio``, and return the arguments that scale the
+    scheduler's own rates (OneCycleLR's max_lr, CyclicLR's) the same way, one per group."""
+    ratios = [group["lr_ratio"] for group in optimizer.param_groups]
+    for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+        group["lr"] *= ratio
+    # From a config, the factory is a partial of the class (jsonargparse's instantiation).
+    keywords = make_scheduler.keywords if isinstance(make_scheduler, partial) else {}
+    return {
+        name: [keywords[name] * ratio for ratio in ratios]
+        for name in RATE_ARGUMENTS
+        if isinstance(keywords.get(name), int | float)
+    }
+{%- endif %}

@@ -1,46 +1,12 @@
-"""Fine-tuning a pretrained backbone: its optimizer groups, and the epochs it stays frozen.
+"""Fine-tuning a pretrained backbone: the epochs it stays frozen.
 
-A network with a pretrained part (nets.Backbone) gives ``parameter_groups()``, each group with
-its ``lr_ratio`` to the configured rate, and ``freeze_backbone(frozen)``; any other network is
-one group at the configured rate, and nothing is frozen.
+A network with a pretrained part (nets.Backbone) gives ``freeze_backbone(frozen)``; any other
+network is never frozen. Its optimizer groups and their rates are the model's
+(model.parameter_groups).
 """
-
-from collections.abc import Callable
-from functools import partial
-from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.strategies import DDPStrategy
-from torch import nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
-
-# Schedulers that set every group's rate from their own arguments rather than the group's lr.
-RATE_ARGUMENTS = ("max_lr", "base_lr")
-
-
-def parameter_groups(net: nn.Module) -> list[dict[str, Any]]:
-    """The optimizer's parameter groups for ``net``, each with its ``lr_ratio``."""
-    if hasattr(net, "parameter_groups"):
-        return net.parameter_groups()
-    return [{"params": list(net.parameters()), "lr_ratio": 1.0}]
-
-
-def scale_rates(
-    optimizer: Optimizer, make_scheduler: Callable[..., LRScheduler] | None
-) -> dict[str, list[float]]:
-    """Scale each group's rate by its ``lr_ratio``, and return the arguments that scale the
-    scheduler's own rates (OneCycleLR's max_lr, CyclicLR's) the same way, one per group."""
-    ratios = [group["lr_ratio"] for group in optimizer.param_groups]
-    for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-        group["lr"] *= ratio
-    # From a config, the factory is a partial of the class (jsonargparse's instantiation).
-    keywords = make_scheduler.keywords if isinstance(make_scheduler, partial) else {}
-    return {
-        name: [keywords[name] * ratio for ratio in ratios]
-        for name in RATE_ARGUMENTS
-        if isinstance(keywords.get(name), int | float)
-    }
 
 
 class FreezeBackbone(pl.Callback):
