@@ -33,8 +33,9 @@ SUITE_VARIANTS = [
     # Left to other tests of this suite: AOTInductor's export (the image_folder bake's, on RGB
     # images), a study shared on a journal file or PostgreSQL (test_scale_out's Slurm arrays),
     # a SIGTERM in a training step (this bake's in-process test stops the same fit the same way)
-    # or in the test stage (nothing of the fit is left to lose there), and DDP's fit and test
-    # (test_scale_out runs them on two processes under torchrun's and Slurm's launchers).
+    # or in the test stage (nothing of the fit is left to lose there), and DDP's fit, test and
+    # predict (test_scale_out's sbatch test runs all three on two processes under Slurm and
+    # checks them against one process, as test_ddp does).
     (
         EVERY_OPTION,
         [
